@@ -1,0 +1,1 @@
+//! Diagnostics: what is wrong with a recipe, with the span of the offending text.

@@ -1,0 +1,1 @@
+//! Events the engine emits while planning and applying; the CLI renders them.

@@ -1,0 +1,27 @@
+//! vmbuild's engine: from a recipe to a content-hashed step graph, a store of step outputs, and
+//! an executor that runs what is out of date.
+//!
+//! The layers, each depending only on those below it:
+//!
+//! * [`recipe`]: parse HCL or TOML, evaluate variables, locals and functions into a typed
+//!   [`Recipe`], reporting [`Diagnostics`] with spans;
+//! * [`plan`]: compile a recipe into a DAG of steps, each with a key, and compare with the store;
+//! * [`store`]: content-addressed step outputs and action records;
+//! * [`exec`]: run a plan, in parallel, with cancellation, emitting [`Event`]s.
+//!
+//! The library never prints: callers receive events and diagnostics and render them.
+
+pub mod diag;
+pub mod events;
+pub mod exec;
+pub mod hash;
+pub mod plan;
+pub mod recipe;
+pub mod steps;
+pub mod store;
+
+
+
+pub use hash::Digest;
+
+pub use store::Store;
