@@ -101,7 +101,10 @@ mod tests {
         let b: serde_json::Value =
             serde_json::from_str(r#"{"a":[1,2,{"x":null,"y":true}],"b":1}"#).unwrap();
         assert_eq!(Digest::of_canonical(&a), Digest::of_canonical(&b));
-        assert_ne!(Digest::of_canonical(&a), Digest::of_canonical(&json!({"b": 2})));
+        assert_ne!(
+            Digest::of_canonical(&a),
+            Digest::of_canonical(&json!({"b": 2}))
+        );
     }
 
     #[test]

@@ -20,8 +20,6 @@ pub mod recipe;
 pub mod steps;
 pub mod store;
 
-
-
 pub use hash::Digest;
 
 pub use store::Store;

@@ -1,0 +1,372 @@
+//! From a recipe to a plan: the step graph (petgraph), every step's key, and for each step
+//! whether the store already has its output (`cached`) or it must `run`, and why.
+//!
+//! Planning reads the recipe, local inputs and the store; it never runs a recipe's commands.
+
+mod key;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::{Deserialize, Serialize};
+
+pub use key::{changes, Change, KeyInputs};
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::hash::Digest;
+use crate::recipe::Recipe;
+use crate::steps::command::CommandStep;
+use crate::steps::{ResolveContext, Resolved, Step};
+use crate::store::{ActionRecord, Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Run,
+    Cached,
+}
+
+/// Why a step must run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    /// The store has never had an output for this step.
+    NoOutput,
+    /// The last build of this step had the same key, but its output is gone (gc, repair).
+    OutputMissing,
+    /// What differs from the last build.
+    Changed(Vec<Change>),
+    /// Upstream steps will run first; the key is known only once their outputs are.
+    Pending {
+        upstream: Vec<String>,
+        changes: Vec<Change>,
+    },
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::NoOutput => f.write_str("no output yet"),
+            Reason::OutputMissing => f.write_str("its output is no longer in the store"),
+            Reason::Changed(changes) if changes.is_empty() => {
+                f.write_str("not built with these inputs before")
+            }
+            Reason::Changed(changes) => {
+                let text: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+                f.write_str(&text.join(", "))
+            }
+            Reason::Pending { upstream, changes } => {
+                let names: Vec<String> = upstream.iter().map(|u| format!("`{u}`")).collect();
+                let mut text = format!("after {} runs", names.join(", "));
+                if changes.is_empty() {
+                    text.push_str("; cached if its output comes out the same");
+                } else {
+                    let own: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+                    text.push_str(&format!("; {}", own.join(", ")));
+                }
+                f.write_str(&text)
+            }
+        }
+    }
+}
+
+/// One step of a plan.
+pub struct PlannedStep {
+    pub id: String,
+    pub kind: &'static str,
+    pub depends_on: Vec<String>,
+    pub step: Arc<dyn Step>,
+    pub resolved: Resolved,
+    /// Known when every upstream step is cached.
+    pub key: Option<Digest>,
+    pub own_digest: Digest,
+    pub action: Action,
+    pub reason: Option<Reason>,
+    /// The record the key matched, for cached steps.
+    pub record: Option<ActionRecord>,
+    /// Secret values the step handles, to blank out of its log.
+    pub redact: Arc<Vec<String>>,
+}
+
+/// Why a plan could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Recipe(#[from] Diagnostics),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The step graph of a recipe, with a status for every step.
+pub struct Plan {
+    pub recipe_path: PathBuf,
+    pub recipe_dir: PathBuf,
+    pub namespace: String,
+    /// In a topological order: every step after the steps it depends on.
+    pub steps: Vec<PlannedStep>,
+    pub graph: DiGraph<String, ()>,
+}
+
+/// Turn each recipe block into its steps. Kinds whose steps are not built yet are reported.
+fn compile(recipe: &Recipe) -> Result<Vec<(Arc<dyn Step>, Vec<String>)>, Diagnostics> {
+    let mut diagnostics = Diagnostics {
+        sources: recipe.sources.clone(),
+        items: vec![],
+    };
+    let mut steps: Vec<(Arc<dyn Step>, Vec<String>)> = Vec::new();
+    for named in &recipe.steps {
+        let step = CommandStep::new(named);
+        let redact = step.secrets();
+        steps.push((Arc::new(step), redact));
+    }
+    let unbuilt: Vec<(&str, crate::diag::Span)> = recipe
+        .templates
+        .iter()
+        .map(|b| ("template", b.header()))
+        .chain(recipe.databases.iter().map(|b| ("database", b.header())))
+        .chain(recipe.git_sources.iter().map(|b| ("source", b.header())))
+        .chain(recipe.files.iter().map(|b| ("files", b.header())))
+        .chain(recipe.configs.iter().map(|b| ("config", b.header())))
+        .chain(recipe.outputs.iter().map(|b| ("output", b.header())))
+        .chain(recipe.sanitize.iter().map(|b| ("sanitize", b.header())))
+        .chain(recipe.qa.iter().map(|b| ("qa", b.header())))
+        .collect();
+    for (kind, span) in unbuilt {
+        diagnostics.push(
+            Diagnostic::error(format!("this vmbuild validates `{kind}` blocks but cannot build them yet"))
+                .at(&span, "no step kind for this block yet")
+                .help("`vmbuild validate` checks this recipe; plan and apply need the step kinds of a later release"),
+        );
+    }
+    if diagnostics.has_errors() {
+        return Err(diagnostics);
+    }
+    Ok(steps)
+}
+
+impl Plan {
+    /// Compile, resolve and compare with the store.
+    pub fn build(recipe: &Recipe, store: &Store) -> Result<Plan, PlanError> {
+        let compiled = compile(recipe)?;
+        let namespace = Store::namespace(&recipe.path);
+        let mut graph: DiGraph<String, ()> = DiGraph::new();
+        let nodes: HashMap<String, NodeIndex> = compiled
+            .iter()
+            .map(|(s, _)| (s.id().to_string(), graph.add_node(s.id().to_string())))
+            .collect();
+        for (step, _) in &compiled {
+            for dep in step.depends_on() {
+                graph.add_edge(nodes[dep.as_str()], nodes[step.id()], ());
+            }
+        }
+        let order = petgraph::algo::toposort(&graph, None).map_err(|cycle| {
+            let mut d = Diagnostics {
+                sources: recipe.sources.clone(),
+                items: vec![],
+            };
+            d.push(Diagnostic::error(format!(
+                "steps form a cycle through `{}`",
+                graph[cycle.node_id()]
+            )));
+            PlanError::Recipe(d)
+        })?;
+        let mut by_id: HashMap<String, (Arc<dyn Step>, Vec<String>)> = compiled
+            .into_iter()
+            .map(|(s, r)| (s.id().to_string(), (s, r)))
+            .collect();
+
+        let ctx = ResolveContext::new(&recipe.dir);
+        let mut diagnostics = Diagnostics {
+            sources: recipe.sources.clone(),
+            items: vec![],
+        };
+        let mut steps: Vec<PlannedStep> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for node in order {
+            let id = graph[node].clone();
+            let (step, redact) = by_id.remove(&id).expect("every node is a compiled step");
+            let resolved = match step.resolve(&ctx) {
+                Ok(r) => r,
+                Err(d) => {
+                    diagnostics.push(d);
+                    continue;
+                }
+            };
+            // Upstream outputs: known for cached upstream steps, pending for the others.
+            let mut upstream = BTreeMap::new();
+            let mut pending = Vec::new();
+            for dep in step.depends_on() {
+                match index.get(dep).map(|&i| &steps[i]) {
+                    Some(PlannedStep {
+                        record: Some(record),
+                        action: Action::Cached,
+                        ..
+                    }) => {
+                        upstream.insert(dep.clone(), record.output);
+                    }
+                    _ => pending.push(dep.clone()),
+                }
+            }
+            let inputs = KeyInputs::new(step.as_ref(), &resolved, upstream);
+            let own_digest = inputs.own_digest();
+            let last = store.get_ref(&namespace, &id)?;
+            let last_inputs: Option<KeyInputs> = last
+                .as_ref()
+                .and_then(|r| serde_json::from_value(r.key_inputs.clone()).ok());
+            let (key, action, reason, record) = if pending.is_empty() {
+                let key = inputs.key();
+                match store.get_action(&key)? {
+                    Some(record) => (Some(key), Action::Cached, None, Some(record)),
+                    None => {
+                        let reason = match (&last, &last_inputs) {
+                            (Some(last), _) if last.key == key => Reason::OutputMissing,
+                            (Some(_), Some(before)) => {
+                                Reason::Changed(changes(before, &inputs, true))
+                            }
+                            _ => Reason::NoOutput,
+                        };
+                        (Some(key), Action::Run, Some(reason), None)
+                    }
+                }
+            } else {
+                let own_changes = last_inputs
+                    .as_ref()
+                    .map(|before| changes(before, &inputs, false))
+                    .unwrap_or_default();
+                let reason = if last.is_none() {
+                    Reason::NoOutput
+                } else {
+                    Reason::Pending {
+                        upstream: pending,
+                        changes: own_changes,
+                    }
+                };
+                (None, Action::Run, Some(reason), None)
+            };
+            index.insert(id.clone(), steps.len());
+            steps.push(PlannedStep {
+                id,
+                kind: step.kind(),
+                depends_on: step.depends_on().to_vec(),
+                step,
+                resolved,
+                key,
+                own_digest,
+                action,
+                reason,
+                record,
+                redact: Arc::new(redact),
+            });
+        }
+        if diagnostics.has_errors() {
+            return Err(PlanError::Recipe(diagnostics));
+        }
+        Ok(Plan {
+            recipe_path: recipe.path.clone(),
+            recipe_dir: recipe.dir.clone(),
+            namespace,
+            steps,
+            graph,
+        })
+    }
+
+    pub fn to_run(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| s.action == Action::Run)
+            .count()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&PlannedStep> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+
+    /// The plan as data: what `--format json` prints and `--out` saves.
+    pub fn summary(&self, variables: BTreeMap<String, serde_json::Value>) -> PlanSummary {
+        PlanSummary {
+            vmbuild_plan: 1,
+            recipe: self.recipe_path.display().to_string(),
+            variables,
+            steps: self
+                .steps
+                .iter()
+                .map(|s| StepSummary {
+                    id: s.id.clone(),
+                    kind: s.kind.to_string(),
+                    key: s.key,
+                    own_digest: s.own_digest,
+                    action: s.action,
+                    reason: s.reason.as_ref().map(|r| r.to_string()),
+                    changes: match &s.reason {
+                        Some(Reason::Changed(c)) => c.clone(),
+                        Some(Reason::Pending { changes, .. }) => changes.clone(),
+                        _ => vec![],
+                    },
+                    depends_on: s.depends_on.clone(),
+                })
+                .collect(),
+            run: self.to_run(),
+            cached: self.steps.len() - self.to_run(),
+        }
+    }
+}
+
+/// The serializable form of a plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanSummary {
+    /// Format version of a saved plan.
+    pub vmbuild_plan: u32,
+    pub recipe: String,
+    /// Non-sensitive variable values the plan was made with.
+    pub variables: BTreeMap<String, serde_json::Value>,
+    pub steps: Vec<StepSummary>,
+    pub run: usize,
+    pub cached: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepSummary {
+    pub id: String,
+    pub kind: String,
+    pub key: Option<Digest>,
+    /// Digest of the step's own inputs (everything but upstream outputs).
+    pub own_digest: Digest,
+    pub action: Action,
+    pub reason: Option<String>,
+    #[serde(default, skip_deserializing)]
+    pub changes: Vec<Change>,
+    pub depends_on: Vec<String>,
+}
+
+impl PlanSummary {
+    /// Why a saved plan no longer matches a fresh plan of the same recipe, if it does not.
+    pub fn staleness(&self, now: &PlanSummary) -> Option<String> {
+        let before: HashMap<&str, &StepSummary> =
+            self.steps.iter().map(|s| (s.id.as_str(), s)).collect();
+        let after: HashMap<&str, &StepSummary> =
+            now.steps.iter().map(|s| (s.id.as_str(), s)).collect();
+        for id in before.keys() {
+            if !after.contains_key(id) {
+                return Some(format!("`{id}` is no longer in the recipe"));
+            }
+        }
+        for step in &now.steps {
+            let Some(old) = before.get(step.id.as_str()) else {
+                return Some(format!("`{}` was added to the recipe", step.id));
+            };
+            if old.own_digest != step.own_digest {
+                return Some(format!("the inputs of `{}` changed", step.id));
+            }
+            if let (Some(a), Some(b)) = (old.key, step.key) {
+                if a != b {
+                    return Some(format!(
+                        "the output of a step `{}` depends on changed",
+                        step.id
+                    ));
+                }
+            }
+        }
+        None
+    }
+}

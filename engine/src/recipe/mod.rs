@@ -1,0 +1,637 @@
+//! The recipe language: parse HCL or TOML, evaluate variables, locals and functions, and decode
+//! every block into the typed model, reporting all problems together as [`Diagnostics`].
+//!
+//! Nothing here hashes, touches the store, or runs anything a recipe names.
+
+mod decode;
+mod eval;
+pub mod fmt;
+pub mod model;
+mod syntax;
+mod value;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use decode::{Seg, SpanIndex};
+pub use eval::EnvLookup;
+pub use model::*;
+pub use value::{Secret, Text};
+
+use crate::diag::{did_you_mean, Diagnostic, Diagnostics, Sources, Span};
+use eval::Scope;
+use syntax::{Block, Body};
+use value::{SValue, Value};
+
+/// How to load a recipe: variable overrides and where the environment comes from.
+#[derive(Clone)]
+pub struct LoadOptions {
+    /// `-var name=value`, in order; later ones win.
+    pub vars: Vec<(String, String)>,
+    /// Reads environment variables (for `env()` and `VMBUILD_VAR_*`).
+    pub env: Arc<EnvLookup>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            vars: Vec::new(),
+            env: Arc::new(|name| std::env::var(name).ok()),
+        }
+    }
+}
+
+/// A block of the recipe, decoded, with its name and where it was written.
+#[derive(Debug, Clone)]
+pub struct Named<T> {
+    pub name: String,
+    pub block: T,
+    pub spans: SpanIndex,
+}
+
+impl<T> Named<T> {
+    pub fn header(&self) -> Span {
+        self.spans.header.clone().unwrap_or(Span::new(0, 0..0))
+    }
+}
+
+/// A variable's final value, for plans and saved plan files.
+#[derive(Debug, Clone)]
+pub struct VariableValue {
+    pub value: serde_json::Value,
+    pub sensitive: bool,
+}
+
+/// A loaded, evaluated and validated recipe.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    /// The recipe's path as given (a file or a folder).
+    pub path: PathBuf,
+    /// The folder that relative paths in the recipe are resolved against.
+    pub dir: PathBuf,
+    pub sources: Sources,
+    pub variables: BTreeMap<String, VariableValue>,
+    pub steps: Vec<Named<StepBlock>>,
+    pub templates: Vec<Named<TemplateBlock>>,
+    pub databases: Vec<Named<DatabaseBlock>>,
+    pub git_sources: Vec<Named<SourceBlock>>,
+    pub files: Vec<Named<FilesBlock>>,
+    pub configs: Vec<Named<ConfigBlock>>,
+    pub sanitize: Option<Named<SanitizeBlock>>,
+    pub outputs: Vec<Named<OutputBlock>>,
+    pub qa: Option<Named<QaBlock>>,
+    /// Files read by `file()`, relative to `dir`, with the digests of their contents.
+    pub files_read: BTreeMap<PathBuf, crate::hash::Digest>,
+}
+
+/// Every top-level block kind and how many labels it takes.
+pub const BLOCK_KINDS: &[(&str, usize)] = &[
+    ("variable", 1),
+    ("locals", 0),
+    ("step", 1),
+    ("template", 1),
+    ("database", 1),
+    ("source", 1),
+    ("files", 1),
+    ("config", 1),
+    ("sanitize", 0),
+    ("output", 1),
+    ("qa", 0),
+];
+
+impl Recipe {
+    /// Load a recipe from a file (`.hcl` or `.toml`) or a folder of `.hcl`/`.toml` files.
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<Recipe, Diagnostics> {
+        let mut diagnostics = Diagnostics::default();
+        let (dir, files) = match recipe_files(path) {
+            Ok(found) => found,
+            Err(d) => {
+                diagnostics.push(d);
+                return Err(diagnostics);
+            }
+        };
+        let mut body = Body::default();
+        for file in files {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(e) => {
+                    diagnostics.push(Diagnostic::error(format!(
+                        "cannot read `{}`: {e}",
+                        file.display()
+                    )));
+                    continue;
+                }
+            };
+            let is_toml = file.extension().is_some_and(|e| e == "toml");
+            let id = diagnostics.sources.add(file, text);
+            let text = diagnostics.sources.get(id).text.clone();
+            let parsed = if is_toml {
+                syntax::parse_toml(id, &text)
+            } else {
+                syntax::parse_hcl(id, &text)
+            };
+            match parsed {
+                Ok(b) => {
+                    body.attrs.extend(b.attrs);
+                    body.blocks.extend(b.blocks);
+                }
+                Err(d) => diagnostics.push(d),
+            }
+        }
+        if diagnostics.has_errors() {
+            return Err(diagnostics);
+        }
+        let sources = diagnostics.sources.clone();
+        let mut items = Vec::new();
+        let recipe = evaluate(path, &dir, &sources, body, options, &mut items);
+        diagnostics.items.extend(items);
+        match recipe {
+            Some(recipe) if !diagnostics.has_errors() => Ok(recipe),
+            _ => Err(diagnostics),
+        }
+    }
+
+    /// Every block id the recipe defines (`step.a`, `template.base`, `output.qcow2`, ...).
+    pub fn block_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        ids.extend(self.steps.iter().map(|s| format!("step.{}", s.name)));
+        ids.extend(
+            self.templates
+                .iter()
+                .map(|s| format!("template.{}", s.name)),
+        );
+        ids.extend(
+            self.databases
+                .iter()
+                .map(|s| format!("database.{}", s.name)),
+        );
+        ids.extend(
+            self.git_sources
+                .iter()
+                .map(|s| format!("source.{}", s.name)),
+        );
+        ids.extend(self.files.iter().map(|s| format!("files.{}", s.name)));
+        ids.extend(self.configs.iter().map(|s| format!("config.{}", s.name)));
+        ids.extend(self.outputs.iter().map(|s| format!("output.{}", s.name)));
+        ids
+    }
+}
+
+/// The folder of a recipe and its files, sorted.
+fn recipe_files(path: &Path) -> Result<(PathBuf, Vec<PathBuf>), Diagnostic> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Diagnostic::error(format!("cannot read the recipe `{}`: {e}", path.display()))
+    })?;
+    if meta.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Diagnostic::error(format!("cannot list `{}`: {e}", path.display())))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "hcl" || e == "toml") && p.is_file())
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Diagnostic::error(format!(
+                "the folder `{}` holds no `.hcl` or `.toml` recipe file",
+                path.display()
+            )));
+        }
+        Ok((path.to_path_buf(), files))
+    } else {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        Ok((dir, vec![path.to_path_buf()]))
+    }
+}
+
+fn evaluate(
+    path: &Path,
+    dir: &Path,
+    sources: &Sources,
+    body: Body,
+    options: &LoadOptions,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Recipe> {
+    let env = options.env.clone();
+    let mut scope = Scope::new(sources, dir, &*env);
+    for attr in &body.attrs {
+        diagnostics.push(
+            Diagnostic::error(format!("`{}` cannot stand at the top level", attr.name))
+                .at(&attr.name_span, "attributes belong inside a block")
+                .help("top-level attributes go in a `locals { ... }` block"),
+        );
+    }
+    // Check block kinds and label counts first.
+    let mut blocks: Vec<&Block> = Vec::new();
+    for block in &body.blocks {
+        let Some((_, labels)) = BLOCK_KINDS.iter().find(|(k, _)| *k == block.kind) else {
+            diagnostics.push(
+                Diagnostic::error(format!("unknown block `{}`", block.kind))
+                    .at(&block.kind_span, "not a block vmbuild knows")
+                    .detail(format!(
+                        "blocks: {}",
+                        BLOCK_KINDS
+                            .iter()
+                            .map(|(k, _)| *k)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                    .help_opt(did_you_mean(
+                        &block.kind,
+                        BLOCK_KINDS.iter().map(|(k, _)| *k),
+                    )),
+            );
+            continue;
+        };
+        if block.labels.len() != *labels {
+            let span = block
+                .labels
+                .first()
+                .map(|l| l.1.clone())
+                .unwrap_or(block.kind_span.clone());
+            let expected = if *labels == 0 {
+                format!(
+                    "`{}` takes no label: `{} {{ ... }}`",
+                    block.kind, block.kind
+                )
+            } else {
+                format!(
+                    "`{}` takes a name: `{} \"NAME\" {{ ... }}`",
+                    block.kind, block.kind
+                )
+            };
+            diagnostics.push(
+                Diagnostic::error(format!("wrong number of labels on `{}`", block.kind))
+                    .at(&span, expected),
+            );
+            continue;
+        }
+        blocks.push(block);
+    }
+    let mut variables = BTreeMap::new();
+    declare_variables(&mut scope, &blocks, options, &mut variables, diagnostics);
+    for block in blocks.iter().filter(|b| b.kind == "locals") {
+        if let Some(nested) = block.body.blocks.first() {
+            diagnostics.push(
+                Diagnostic::error("`locals` holds only attributes")
+                    .at(&nested.kind_span, "a block is not allowed here"),
+            );
+        }
+        for attr in &block.body.attrs {
+            if let Err(d) = scope.declare_local(attr.clone()) {
+                diagnostics.push(d);
+            }
+        }
+    }
+
+    let mut recipe = Recipe {
+        path: path.to_path_buf(),
+        dir: dir.to_path_buf(),
+        sources: sources.clone(),
+        variables,
+        steps: vec![],
+        templates: vec![],
+        databases: vec![],
+        git_sources: vec![],
+        files: vec![],
+        configs: vec![],
+        sanitize: None,
+        outputs: vec![],
+        qa: None,
+        files_read: BTreeMap::new(),
+    };
+    let mut seen_names: HashMap<(String, String), Span> = HashMap::new();
+    for block in &blocks {
+        let kind = block.kind.as_str();
+        if kind == "variable" || kind == "locals" {
+            continue;
+        }
+        let name = block
+            .labels
+            .first()
+            .map(|l| l.0.clone())
+            .unwrap_or_default();
+        if let Some(first) = seen_names.get(&(kind.to_string(), name.clone())) {
+            let what = if name.is_empty() {
+                format!("`{kind}`")
+            } else {
+                format!("`{kind} \"{name}\"`")
+            };
+            diagnostics.push(
+                Diagnostic::error(format!("{what} is defined twice"))
+                    .at(&block.header_span(), "defined again here")
+                    .also(first, "first defined here"),
+            );
+            continue;
+        }
+        seen_names.insert((kind.to_string(), name.clone()), block.header_span());
+        if !name.is_empty() && !valid_name(&name) {
+            diagnostics.push(
+                Diagnostic::error(format!("`{name}` is not a valid {kind} name")).at(
+                    &block.labels[0].1,
+                    "use letters, digits, `_` and `-`, starting with a letter",
+                ),
+            );
+            continue;
+        }
+        let what = if name.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind} \"{name}\"")
+        };
+        macro_rules! decode_into {
+            ($list:expr) => {
+                if let Some((block_value, spans)) =
+                    decode::decode_block(&mut scope, block, &what, diagnostics)
+                {
+                    $list.push(Named {
+                        name: name.clone(),
+                        block: block_value,
+                        spans,
+                    });
+                }
+            };
+        }
+        match kind {
+            "step" => decode_into!(recipe.steps),
+            "template" => decode_into!(recipe.templates),
+            "database" => decode_into!(recipe.databases),
+            "source" => decode_into!(recipe.git_sources),
+            "files" => decode_into!(recipe.files),
+            "config" => decode_into!(recipe.configs),
+            "output" => {
+                if !OUTPUT_FORMATS.contains(&name.as_str()) {
+                    diagnostics.push(
+                        Diagnostic::error(format!("`{name}` is not an output format"))
+                            .at(&block.labels[0].1, "unknown format")
+                            .detail(format!("formats: {}", OUTPUT_FORMATS.join(", ")))
+                            .help_opt(did_you_mean(&name, OUTPUT_FORMATS.iter().copied())),
+                    );
+                    continue;
+                }
+                decode_into!(recipe.outputs)
+            }
+            "sanitize" => {
+                let mut one = Vec::new();
+                decode_into!(one);
+                recipe.sanitize = one.pop();
+            }
+            "qa" => {
+                let mut one = Vec::new();
+                decode_into!(one);
+                recipe.qa = one.pop();
+            }
+            _ => unreachable!("kinds were checked above"),
+        }
+    }
+    // References are checked against every block written, decoded or not, so that one broken
+    // block does not make every reference to it an error too.
+    let declared: Vec<String> = blocks
+        .iter()
+        .filter(|b| eval::REFERENCEABLE.contains(&b.kind.as_str()))
+        .map(|b| format!("{}.{}", b.kind, b.labels[0].0))
+        .collect();
+    validate(&recipe, &declared, diagnostics);
+    recipe.files_read = std::mem::take(&mut scope.files_read);
+    Some(recipe)
+}
+
+/// Names of blocks: used in step ids and environment variable names.
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn declare_variables(
+    scope: &mut Scope<'_>,
+    blocks: &[&Block],
+    options: &LoadOptions,
+    variables: &mut BTreeMap<String, VariableValue>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let mut declared: HashMap<String, Span> = HashMap::new();
+    for block in blocks.iter().filter(|b| b.kind == "variable") {
+        let (name, label_span) = block.labels[0].clone();
+        if let Some(first) = declared.get(&name) {
+            diagnostics.push(
+                Diagnostic::error(format!("variable `{name}` is declared twice"))
+                    .at(&label_span, "declared again here")
+                    .also(first, "first declared here"),
+            );
+            continue;
+        }
+        declared.insert(name.clone(), label_span.clone());
+        let what = format!("variable \"{name}\"");
+        // A variable's default may not refer to other variables or locals.
+        let Some((decl, _)) =
+            decode::decode_block::<VariableBlock>(scope, block, &what, diagnostics)
+        else {
+            continue;
+        };
+        let default_span = block
+            .body
+            .attrs
+            .iter()
+            .find(|a| a.name == "default")
+            .map(|a| a.span.clone())
+            .unwrap_or(label_span.clone());
+        let env_name = format!("VMBUILD_VAR_{name}");
+        let given = options
+            .vars
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| (options.env)(&env_name));
+        let value = match (given, &decl.default) {
+            (Some(text), default) => {
+                let wants_string = matches!(decl.type_name, Some(VariableType::String))
+                    || matches!(default, Some(serde_json::Value::String(_)) | None)
+                        && decl.type_name.is_none();
+                if wants_string {
+                    serde_json::Value::String(text)
+                } else {
+                    match parse_override(&text) {
+                        Some(v) => v,
+                        None => {
+                            diagnostics.push(
+                                Diagnostic::error(format!(
+                                    "the value given for variable `{name}` is not a valid {}",
+                                    decl.type_name
+                                        .map(|t| format!("{t:?}").to_lowercase())
+                                        .unwrap_or("value".into())
+                                ))
+                                .at(&label_span, "declared here"),
+                            );
+                            continue;
+                        }
+                    }
+                }
+            }
+            (None, Some(default)) => default.clone(),
+            (None, None) => {
+                diagnostics.push(
+                    Diagnostic::error(format!("variable `{name}` has no value"))
+                        .at(&label_span, "declared without a default")
+                        .help(format!("set it with `-var {name}=...` or `{env_name}=...`")),
+                );
+                continue;
+            }
+        };
+        let mut v = json_to_value(&value, &default_span);
+        if decl.sensitive {
+            if let Some(text) = v.value.as_interpolated() {
+                v.value = Value::Secret(Secret::new(format!("var.{name}"), text));
+            }
+        }
+        variables.insert(
+            name.clone(),
+            VariableValue {
+                value,
+                sensitive: decl.sensitive,
+            },
+        );
+        scope.vars.insert(name, v);
+    }
+    for (name, _) in &options.vars {
+        if !declared.contains_key(name) {
+            diagnostics.push(
+                Diagnostic::error(format!(
+                    "`-var {name}=...` sets a variable the recipe does not declare"
+                ))
+                .help_opt(did_you_mean(name, declared.keys().map(String::as_str))),
+            );
+        }
+    }
+}
+
+/// A `-var` value for a non-string variable: an HCL literal (number, bool, list, object).
+fn parse_override(text: &str) -> Option<serde_json::Value> {
+    let expr: hcl::Expression = text.parse().ok()?;
+    let value: hcl::Value = hcl::from_str(&format!("v = {expr}"))
+        .ok()
+        .and_then(|b: hcl::Map<String, hcl::Value>| b.get("v").cloned())?;
+    serde_json::to_value(value).ok()
+}
+
+fn json_to_value(json: &serde_json::Value, span: &Span) -> SValue {
+    let value = match json {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => Value::Number(n.clone()),
+        serde_json::Value::String(s) => Value::String(s.clone()),
+        serde_json::Value::Array(items) => {
+            Value::List(items.iter().map(|i| json_to_value(i, span)).collect())
+        }
+        serde_json::Value::Object(items) => Value::Object(
+            items
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v, span)))
+                .collect(),
+        ),
+    };
+    SValue {
+        value,
+        span: span.clone(),
+    }
+}
+
+/// Cross-block checks: references name existing blocks, and `after` has no cycle.
+fn validate(recipe: &Recipe, ids: &[String], diagnostics: &mut Vec<Diagnostic>) {
+    for step in &recipe.steps {
+        for (i, target) in step.block.after.iter().enumerate() {
+            let span = step.spans.item("after", i).unwrap_or(step.header());
+            if !ids.iter().any(|id| id == target) {
+                diagnostics.push(
+                    Diagnostic::error(format!(
+                        "`step.{}` runs after `{target}`, which is not defined",
+                        step.name
+                    ))
+                    .at(&span, "no such step")
+                    .help_opt(did_you_mean(target, ids.iter().map(String::as_str))),
+                );
+            } else if !target.starts_with("step.") {
+                diagnostics.push(
+                    Diagnostic::error(format!(
+                        "`after` can name only `step.*` blocks for now, not `{target}`"
+                    ))
+                    .at(&span, "not a step"),
+                );
+            }
+        }
+        for (i, pattern) in step.block.inputs.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(pattern) {
+                let span = step.spans.item("inputs", i).unwrap_or(step.header());
+                diagnostics.push(
+                    Diagnostic::error(format!("`{pattern}` is not a valid glob"))
+                        .at(&span, e.kind().to_string()),
+                );
+            }
+        }
+        if step.block.command.is_empty() {
+            let span = step
+                .spans
+                .value(&[Seg::Key("command".into())])
+                .unwrap_or(step.header());
+            diagnostics.push(
+                Diagnostic::error(format!("`step.{}` has an empty command", step.name))
+                    .at(&span, "give at least the program to run"),
+            );
+        }
+    }
+    // Cycles among steps, reported once per cycle with the edge that closes it.
+    let index: HashMap<&str, usize> = recipe
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let mut state = vec![0u8; recipe.steps.len()]; // 0 new, 1 on stack, 2 done
+    let mut stack: Vec<usize> = Vec::new();
+    fn visit(
+        i: usize,
+        recipe: &Recipe,
+        index: &HashMap<&str, usize>,
+        state: &mut Vec<u8>,
+        stack: &mut Vec<usize>,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) {
+        state[i] = 1;
+        stack.push(i);
+        let step = &recipe.steps[i];
+        for (k, target) in step.block.after.iter().enumerate() {
+            let Some(&j) = target.strip_prefix("step.").and_then(|n| index.get(n)) else {
+                continue;
+            };
+            if state[j] == 1 {
+                let pos = stack.iter().position(|&s| s == j).unwrap_or(0);
+                let mut names: Vec<String> = stack[pos..]
+                    .iter()
+                    .map(|&s| format!("step.{}", recipe.steps[s].name))
+                    .collect();
+                names.push(format!("step.{}", recipe.steps[j].name));
+                let span = step.spans.item("after", k).unwrap_or(step.header());
+                diagnostics.push(
+                    Diagnostic::error(format!(
+                        "steps depend on each other in a cycle: {}",
+                        names.join(" -> ")
+                    ))
+                    .at(&span, "this dependency closes the cycle"),
+                );
+            } else if state[j] == 0 {
+                visit(j, recipe, index, state, stack, diagnostics);
+            }
+        }
+        stack.pop();
+        state[i] = 2;
+    }
+    for i in 0..recipe.steps.len() {
+        if state[i] == 0 {
+            visit(i, recipe, &index, &mut state, &mut stack, diagnostics);
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Step kinds: one module each. A step declares its canonical parameters and what it reads
+//! (resolved read-only at plan time), and runs to fill an empty output folder.
+
+pub mod command;
+pub mod process;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::diag::Diagnostic;
+use crate::hash::Digest;
+
+/// What a step reads from outside the recipe, found at plan time without running anything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resolved {
+    /// Local files (path relative to the recipe folder → content digest).
+    pub inputs: BTreeMap<String, Digest>,
+    /// External programs (name → version or digest).
+    pub tools: BTreeMap<String, String>,
+}
+
+/// Read-only context for resolving a step.
+pub struct ResolveContext {
+    pub recipe_dir: PathBuf,
+    tool_cache: Mutex<HashMap<PathBuf, String>>,
+}
+
+impl ResolveContext {
+    pub fn new(recipe_dir: &Path) -> ResolveContext {
+        ResolveContext {
+            recipe_dir: recipe_dir.to_path_buf(),
+            tool_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The digest of a program's file, hashed once per plan.
+    pub fn program_digest(&self, path: &Path) -> std::io::Result<String> {
+        if let Some(d) = self.tool_cache.lock().expect("tool cache").get(path) {
+            return Ok(d.clone());
+        }
+        let bytes = std::fs::read(path)?;
+        let digest = format!("blake3:{}", Digest::of_bytes(&bytes).short());
+        self.tool_cache
+            .lock()
+            .expect("tool cache")
+            .insert(path.to_path_buf(), digest.clone());
+        Ok(digest)
+    }
+}
+
+/// Everything a running step gets.
+pub struct RunContext {
+    /// The empty folder that becomes the step's output.
+    pub out: PathBuf,
+    /// A scratch folder, removed afterwards.
+    pub scratch: PathBuf,
+    /// The log file; a step appends what it prints here.
+    pub log: PathBuf,
+    /// Upstream step id → its committed output folder (read-only).
+    pub upstream: BTreeMap<String, PathBuf>,
+    pub recipe_dir: PathBuf,
+    /// Strings to blank out of logs.
+    pub redact: Arc<Vec<String>>,
+    pub cancel: CancellationToken,
+    /// Called with each line the step prints (already redacted).
+    pub on_line: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+/// Why a step run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("cannot start `{program}`: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{program}` exited with {status}")]
+    Failed { program: String, status: String },
+    #[error("stopped")]
+    Cancelled,
+    #[error("cannot {action} `{path}`: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StepError>> + Send + 'a>>;
+
+/// A step kind's behaviour.
+pub trait Step: Send + Sync {
+    /// `step.NAME`, `database.toxo.dump`, ...
+    fn id(&self) -> &str;
+    /// The kind, as shown in plans (`command`, `debootstrap`, ...).
+    fn kind(&self) -> &'static str;
+    /// Bumped whenever the kind's implementation changes what it produces.
+    fn version(&self) -> u32;
+    /// Ids of the steps whose outputs this one reads.
+    fn depends_on(&self) -> &[String];
+    /// Canonical parameters: secrets by identity only.
+    fn params(&self) -> serde_json::Value;
+    /// Digests of local inputs and tool versions; read-only, runs nothing the recipe names.
+    fn resolve(&self, ctx: &ResolveContext) -> Result<Resolved, Diagnostic>;
+    /// Fill `ctx.out`.
+    fn run(&self, ctx: RunContext) -> StepFuture<'_>;
+}

@@ -44,7 +44,9 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("the store at `{path}` has layout version {found}; this vmbuild reads version {expected}")]
+    #[error(
+        "the store at `{path}` has layout version {found}; this vmbuild reads version {expected}"
+    )]
     Version {
         path: PathBuf,
         found: String,

@@ -1,0 +1,142 @@
+//! Command-line arguments (clap), resolved into [`Settings`] before anything runs.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vmbuild",
+    version,
+    about = "Build standalone virtual-machine appliances of data-backed websites from a recipe",
+    long_about = None,
+)]
+pub struct Args {
+    /// The store of step outputs [default: the user's cache folder]
+    #[arg(long, global = true, env = "VMBUILD_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args, Clone)]
+pub struct VarArgs {
+    /// Set a recipe variable (repeatable); `VMBUILD_VAR_NAME=value` works too
+    #[arg(long = "var", short = 'v', value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+}
+
+fn parse_var(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(n, v)| (n.trim().to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{text}` is not NAME=VALUE"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a recipe: syntax, types, references; runs nothing
+    Validate {
+        recipe: PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
+    },
+    /// Rewrite a recipe's HCL files in canonical form
+    Fmt {
+        recipe: PathBuf,
+        /// Change nothing; exit 1 and show the difference if a file is not formatted
+        #[arg(long)]
+        check: bool,
+    },
+    /// Show what apply would run, what is cached, and why; runs nothing
+    Plan {
+        recipe: PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+        /// Save the plan, for `vmbuild apply PLANFILE`
+        #[arg(long, value_name = "PLANFILE")]
+        out: Option<PathBuf>,
+        /// Exit 2 when something would run, 0 when everything is cached
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+    /// Run what is out of date
+    Apply {
+        /// A recipe, or a plan saved by `vmbuild plan --out`
+        recipe: PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
+        /// Steps to run at once [default: the number of cores]
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+        /// After a failure, let the steps that do not depend on it finish
+        #[arg(long)]
+        keep_going: bool,
+    },
+    /// Print the step graph
+    Graph {
+        recipe: PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+    },
+    /// Explain one step: its key, what went into it, its last build
+    Show {
+        /// A step id, such as `step.build`
+        step: String,
+        /// The recipe the step belongs to
+        #[arg(long, short = 'r', env = "VMBUILD_RECIPE", default_value = ".")]
+        recipe: PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
+    },
+    /// Print the log of a step's latest run
+    Log {
+        step: String,
+        #[arg(long, short = 'r', env = "VMBUILD_RECIPE", default_value = ".")]
+        recipe: PathBuf,
+    },
+    /// Inspect the store
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Remove what the given recipes' current plans do not reference
+    Gc {
+        #[arg(required = true)]
+        recipes: Vec<PathBuf>,
+        /// Also keep the N most recent builds of each step
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        keep_last: usize,
+        #[command(flatten)]
+        vars: VarArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Rehash every object and check every record
+    Verify {
+        /// Remove what is corrupt, so later runs rebuild it
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Print where the store is
+    Path,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum PlanFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}

@@ -1,0 +1,111 @@
+//! Plans and graphs as text, Markdown (for a pull-request review), JSON, Graphviz and Mermaid.
+
+use engine::plan::{Action, Plan, PlanSummary};
+
+/// The plan for people: one line a step, aligned, with the reason for every `run`.
+pub fn plan_text(summary: &PlanSummary) -> String {
+    let id_width = summary.steps.iter().map(|s| s.id.len()).max().unwrap_or(0);
+    let kind_width = summary
+        .steps
+        .iter()
+        .map(|s| s.kind.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = format!(
+        "Plan for `{}`: {} step{}, {} to run, {} cached\n\n",
+        summary.recipe,
+        summary.steps.len(),
+        if summary.steps.len() == 1 { "" } else { "s" },
+        summary.run,
+        summary.cached
+    );
+    for step in &summary.steps {
+        let action = match step.action {
+            Action::Run => "run   ",
+            Action::Cached => "cached",
+        };
+        let line = format!(
+            "  {action}  {:id_width$}  {:kind_width$}  {}",
+            step.id,
+            step.kind,
+            step.reason.as_deref().unwrap_or("")
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if summary.steps.is_empty() {
+        out.push_str("  (the recipe has no steps)\n");
+    }
+    out
+}
+
+/// The plan as a Markdown comment for a pull request.
+pub fn plan_markdown(summary: &PlanSummary) -> String {
+    let mut out = format!("### vmbuild plan for `{}`\n\n", summary.recipe);
+    if summary.run == 0 {
+        out.push_str(&format!(
+            "Nothing to do: all {} steps are cached.\n",
+            summary.cached
+        ));
+        return out;
+    }
+    out.push_str(&format!(
+        "**{} to run**, {} cached.\n\n",
+        summary.run, summary.cached
+    ));
+    out.push_str("| step | kind | action | why |\n|---|---|---|---|\n");
+    for step in &summary.steps {
+        let action = match step.action {
+            Action::Run => "**run**",
+            Action::Cached => "cached",
+        };
+        let why = step.reason.as_deref().unwrap_or("").replace('|', "\\|");
+        out.push_str(&format!(
+            "| `{}` | {} | {action} | {why} |\n",
+            step.id, step.kind
+        ));
+    }
+    out
+}
+
+pub fn plan_json(summary: &PlanSummary) -> String {
+    let mut text = serde_json::to_string_pretty(summary).expect("a plan serializes");
+    text.push('\n');
+    text
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+pub fn graph_dot(plan: &Plan) -> String {
+    let mut out = String::from("digraph vmbuild {\n  rankdir=LR;\n  node [shape=box];\n");
+    for step in &plan.steps {
+        out.push_str(&format!(
+            "  {} [label={}];\n",
+            quote(&step.id),
+            quote(&format!("{}\\n{}", step.id, step.kind))
+        ));
+    }
+    for step in &plan.steps {
+        for dep in &step.depends_on {
+            out.push_str(&format!("  {} -> {};\n", quote(dep), quote(&step.id)));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+pub fn graph_mermaid(plan: &Plan) -> String {
+    let index = |id: &str| plan.steps.iter().position(|s| s.id == id).unwrap_or(0);
+    let mut out = String::from("flowchart LR\n");
+    for (i, step) in plan.steps.iter().enumerate() {
+        out.push_str(&format!("  n{i}[\"{}<br/>{}\"]\n", step.id, step.kind));
+    }
+    for (i, step) in plan.steps.iter().enumerate() {
+        for dep in &step.depends_on {
+            out.push_str(&format!("  n{} --> n{i}\n", index(dep)));
+        }
+    }
+    out
+}
