@@ -1,1 +1,11 @@
-mod placeholder {}
+//! The integration tests: every one runs the real `vmbuild` binary against real recipes, a real
+//! store in a temporary folder, and real commands.
+
+mod support;
+
+mod caching;
+mod cli;
+mod crash;
+mod diagnostics;
+mod parallel;
+mod secrets;
