@@ -7,20 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::record::{read_record, sorted_entries};
 use super::tree::{hash_file, remove_all, tree_digest};
-use super::{ActionRecord, GcReport, Problem, Store, StoreError, VerifyReport};
+use super::{describe, ActionRecord, GcReport, Problem, Store, StoreError, VerifyReport};
 use crate::hash::Digest;
-
-/// An error and its causes, on one line, for a [`Problem`].
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
 
 /// The digest a store object's file name spells, if it spells one.
 fn digest_name(path: &Path) -> Option<Digest> {

@@ -116,8 +116,9 @@ pub struct ActionRecord {
 /// A staging area for one step run: an empty `out` directory and a log file beside it.
 ///
 /// Dropped without being committed, it removes its whole directory. [`Store::commit_tree`] moves
-/// `out` into the store and removes `scratch`, but leaves `dir` and the `log` file in place so
-/// that the caller may still read the log; `gc` removes such leftovers.
+/// `out` into the store and removes `scratch`; if a `log` file was written it leaves `dir` and
+/// the log in place so that the caller may still read it (`gc` removes such leftovers),
+/// otherwise it removes `dir` too.
 #[derive(Debug)]
 pub struct Staging {
     /// `tmp/<random>/`; removed on drop unless committed.
@@ -281,6 +282,18 @@ impl Store {
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
+}
+
+/// An error and its causes, on one line, for a [`Problem`].
+pub(crate) fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// 32 random hex digits, for names under `tmp/`.
