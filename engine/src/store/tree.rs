@@ -257,8 +257,8 @@ impl Store {
 
     /// After a commit: remove the scratch folder (and `out`, when it was a duplicate; and the
     /// whole staging folder when no log was written) and mark the staging committed so that its
-    /// drop leaves the log alone. The tree is in the store by
-    /// now, so a failure here is only warned about: gc removes what is left.
+    /// drop leaves the log alone. The tree is in the store by now, so a failure here is only
+    /// warned about: gc removes what is left.
     fn finish_staging(&self, staging: &mut Staging, discard_out: bool) {
         staging.committed = true;
         let mut leftovers = vec![&staging.scratch];
