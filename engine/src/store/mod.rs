@@ -17,9 +17,15 @@
 //! Every write is made in a temporary place, synced, and renamed into place, and an action record
 //! is written only after the tree it names is committed: a crash at any moment leaves either
 //! nothing or something whole.
+//!
+//! This file owns the public types, opening the store and the path helpers. The rest lives in:
+//! `lock.rs` (flocks), `tree.rs` (tree digests, staging, commit, robust removal), `record.rs`
+//! (blobs, action records, refs, atomic writes) and `maintain.rs` (verify and gc).
 
-// STUB: replaced by the store implementation.
-#![allow(unused_variables)]
+mod lock;
+mod maintain;
+mod record;
+mod tree;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +33,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::hash::Digest;
+
+pub use tree::tree_digest;
+
+/// The layout version this code reads and writes.
+const LAYOUT_VERSION: &str = "1";
+
+/// The folders created under the store root by [`Store::open`].
+const LAYOUT_DIRS: [&str; 7] = ["trees", "blobs", "actions", "refs", "logs", "locks", "tmp"];
 
 /// What can go wrong in the store, with the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +66,31 @@ pub enum StoreError {
         found: String,
         expected: String,
     },
+    /// [`Store::gc`] was called without the exclusive store lock held.
+    #[error("garbage collection of the store at `{path}` needs its exclusive lock (Store::lock_exclusive)")]
+    GcWithoutLock { path: PathBuf },
+}
+
+impl StoreError {
+    /// An I/O error while doing `action` on `path`.
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// `result.map_err(|e| StoreError::io(action, path, e))`, shorter.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, action: &'static str, path: &Path) -> Result<T, StoreError>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, action: &'static str, path: &Path) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::io(action, path, source))
+    }
 }
 
 /// The record of one successful step run, keyed by the step key.
@@ -75,6 +114,11 @@ pub struct ActionRecord {
 }
 
 /// A staging area for one step run: an empty `out` directory and a log file beside it.
+///
+/// Dropped without being committed, it removes its whole directory. [`Store::commit_tree`] moves
+/// `out` into the store and removes `scratch`; if a `log` file was written it leaves `dir` and
+/// the log in place so that the caller may still read it (`gc` removes such leftovers),
+/// otherwise it removes `dir` too.
 #[derive(Debug)]
 pub struct Staging {
     /// `tmp/<random>/`; removed on drop unless committed.
@@ -85,12 +129,14 @@ pub struct Staging {
     pub log: PathBuf,
     /// `tmp/<random>/tmp/`: the step's `TMPDIR`.
     pub scratch: PathBuf,
+    /// Set by [`Store::commit_tree`]: the drop then leaves `dir` alone.
+    committed: bool,
 }
 
 /// A held flock; released on drop.
 #[derive(Debug)]
 pub struct Lock {
-    _file: std::fs::File,
+    flock: nix::fcntl::Flock<std::fs::File>,
 }
 
 /// One problem found by [`Store::verify`].
@@ -127,83 +173,133 @@ pub struct Store {
 
 impl Store {
     /// Open (creating if needed) the store at `root`.
+    ///
+    /// Creates the layout folders and `VERSION`; refuses a store of another layout version.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        todo!()
+        std::fs::create_dir_all(root).ctx("create the store folder", root)?;
+        let store = Store {
+            root: root.to_path_buf(),
+        };
+        let version_path = root.join("VERSION");
+        match std::fs::read_to_string(&version_path) {
+            Ok(found) => {
+                let found = found.trim();
+                if found != LAYOUT_VERSION {
+                    return Err(StoreError::Version {
+                        path: root.to_path_buf(),
+                        found: found.to_string(),
+                        expected: LAYOUT_VERSION.to_string(),
+                    });
+                }
+                store.create_layout()?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                store.create_layout()?;
+                let text = format!("{LAYOUT_VERSION}\n");
+                store.write_atomic(&version_path, text.as_bytes())?;
+            }
+            Err(e) => return Err(StoreError::io("read the store version", &version_path, e)),
+        }
+        Ok(store)
     }
+
+    fn create_layout(&self) -> Result<(), StoreError> {
+        for dir in LAYOUT_DIRS {
+            let path = self.root.join(dir);
+            std::fs::create_dir_all(&path).ctx("create the store folder", &path)?;
+        }
+        Ok(())
+    }
+
     /// The user's cache folder: `$XDG_CACHE_HOME/vmbuild` or `~/.cache/vmbuild`.
     pub fn default_location() -> PathBuf {
-        todo!()
+        if let Some(cache) = dirs::cache_dir() {
+            return cache.join("vmbuild");
+        }
+        match dirs::home_dir() {
+            Some(home) => home.join(".cache").join("vmbuild"),
+            None => std::env::temp_dir().join("vmbuild"),
+        }
     }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
+
     /// A short stable name for a recipe location, used under `refs/` and `logs/`.
+    ///
+    /// The first 16 hex digits of the blake3 of the canonical absolute path (of the path as
+    /// given when it cannot be canonicalized, e.g. because it does not exist).
     pub fn namespace(recipe_path: &Path) -> String {
-        todo!()
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::fs::canonicalize(recipe_path).unwrap_or_else(|_| recipe_path.to_path_buf());
+        let digest = Digest::of_bytes(path.as_os_str().as_bytes());
+        digest.to_hex()[..16].to_string()
     }
-    pub fn lock_shared(&self) -> Result<Lock, StoreError> {
-        todo!()
-    }
-    pub fn lock_exclusive(&self) -> Result<Lock, StoreError> {
-        todo!()
-    }
-    /// Block until this process holds the build lock of `key`.
-    pub fn lock_key(&self, key: &Digest) -> Result<Lock, StoreError> {
-        todo!()
-    }
-    pub fn stage(&self) -> Result<Staging, StoreError> {
-        todo!()
-    }
-    /// Hash `staging.out`, sync it, and move it to `trees/<digest>`; returns the digest.
-    pub fn commit_tree(&self, staging: Staging) -> Result<Digest, StoreError> {
-        todo!()
-    }
+
+    /// Where the committed tree `digest` lives (whether or not it exists).
     pub fn tree_path(&self, digest: &Digest) -> PathBuf {
-        todo!()
+        self.root.join("trees").join(digest.to_hex())
     }
+
+    /// Whether the tree `digest` is committed (a directory under `trees/`).
     pub fn has_tree(&self, digest: &Digest) -> bool {
-        todo!()
+        std::fs::symlink_metadata(self.tree_path(digest)).is_ok_and(|m| m.is_dir())
     }
-    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
-        todo!()
+
+    /// Where the blob `digest` lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs").join(digest.to_hex())
     }
-    pub fn get_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
-        todo!()
-    }
-    /// The record for `key`, if there is one and the tree it names is in the store.
-    pub fn get_action(&self, key: &Digest) -> Result<Option<ActionRecord>, StoreError> {
-        todo!()
-    }
-    pub fn put_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
-        todo!()
-    }
-    pub fn list_actions(&self) -> Result<Vec<ActionRecord>, StoreError> {
-        todo!()
-    }
-    /// The last record committed for `step_id` of recipe namespace `ns`.
-    pub fn get_ref(&self, ns: &str, step_id: &str) -> Result<Option<ActionRecord>, StoreError> {
-        todo!()
-    }
-    pub fn put_ref(&self, record: &ActionRecord) -> Result<(), StoreError> {
-        todo!()
-    }
+
+    /// `logs/<ns>/<step_id>.log`; its parent folder is created (an error doing so is left for
+    /// the caller to meet when it writes the log).
     pub fn log_path(&self, ns: &str, step_id: &str) -> PathBuf {
-        todo!()
+        let dir = self.root.join("logs").join(ns);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::warn!("cannot create the log folder `{}`: {e}", dir.display());
+        }
+        dir.join(format!("{step_id}.log"))
     }
-    pub fn verify(&self, repair: bool) -> Result<VerifyReport, StoreError> {
-        todo!()
+
+    /// `actions/<aa>/<key>.json`.
+    fn action_path(&self, key: &Digest) -> PathBuf {
+        let hex = key.to_hex();
+        self.root
+            .join("actions")
+            .join(&hex[..2])
+            .join(format!("{hex}.json"))
     }
-    pub fn gc(
-        &self,
-        keep: &std::collections::BTreeSet<Digest>,
-        keep_last: usize,
-    ) -> Result<GcReport, StoreError> {
-        todo!()
+
+    /// `refs/<ns>/<step_id>.json`.
+    fn ref_path(&self, ns: &str, step_id: &str) -> PathBuf {
+        self.root
+            .join("refs")
+            .join(ns)
+            .join(format!("{step_id}.json"))
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
     }
 }
 
-/// The digest of a directory tree: every entry's relative path, type, mode, owner, extended
-/// attributes and content (file bytes, symlink target, device number), in sorted order.
-pub fn tree_digest(path: &Path) -> Result<Digest, StoreError> {
-    todo!()
+/// An error and its causes, on one line, for a [`Problem`].
+pub(crate) fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
+
+/// 32 random hex digits, for names under `tmp/`.
+fn random_name() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests;
