@@ -176,7 +176,16 @@ fn verify_finds_a_tampered_output_and_repair_makes_it_rebuild() {
         .path();
     std::fs::write(&file, "tampered\n").unwrap();
     let run = project.run(&["store", "verify"]).code(1);
-    assert!(run.stdout.contains("1 problem"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("its content has digest"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("which is corrupt"),
+        "the record naming it is reported:\n{}",
+        run.stdout
+    );
     project.run(&["store", "verify", "--repair"]).success();
     project.run(&["store", "verify"]).success();
     assert!(!project.to_run().is_empty(), "the damaged step is rebuilt");

@@ -284,6 +284,8 @@ fn run(args: Args) -> Outcome {
                 let plan = plan(&loaded, &store)?;
                 keep.extend(plan.steps.iter().filter_map(|s| s.key));
             }
+            // gc needs the store to itself: it waits for running applies to finish.
+            let _exclusive = store.lock_exclusive()?;
             let report = store.gc(&keep, *keep_last)?;
             println!(
                 "removed {} records, {} trees, {} blobs ({}); kept {} records",

@@ -74,8 +74,10 @@ pub fn plan_json(summary: &PlanSummary) -> String {
     text
 }
 
+/// A Graphviz string. Step ids and kinds hold no quotes or backslashes (names are checked), so
+/// only the label's `\n` needs care, and it is written by the caller.
 fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    format!("\"{}\"", s.replace('"', "'"))
 }
 
 pub fn graph_dot(plan: &Plan) -> String {

@@ -108,13 +108,16 @@ pub struct Plan {
     pub graph: DiGraph<String, ()>,
 }
 
+/// A compiled step and the secret values to blank out of its log.
+type Compiled = (Arc<dyn Step>, Vec<String>);
+
 /// Turn each recipe block into its steps. Kinds whose steps are not built yet are reported.
-fn compile(recipe: &Recipe) -> Result<Vec<(Arc<dyn Step>, Vec<String>)>, Diagnostics> {
+fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
     let mut diagnostics = Diagnostics {
         sources: recipe.sources.clone(),
         items: vec![],
     };
-    let mut steps: Vec<(Arc<dyn Step>, Vec<String>)> = Vec::new();
+    let mut steps: Vec<Compiled> = Vec::new();
     for named in &recipe.steps {
         let step = CommandStep::new(named);
         let redact = step.secrets();
@@ -145,6 +148,43 @@ fn compile(recipe: &Recipe) -> Result<Vec<(Arc<dyn Step>, Vec<String>)>, Diagnos
     Ok(steps)
 }
 
+/// A topological order that keeps the recipe's order wherever dependencies allow (Kahn's
+/// algorithm, always taking the earliest ready node), so plans read like their recipes.
+/// On a cycle, returns a node on it.
+fn topological_order(graph: &DiGraph<String, ()>) -> Result<Vec<NodeIndex>, NodeIndex> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut indegree: Vec<usize> = graph
+        .node_indices()
+        .map(|n| {
+            graph
+                .neighbors_directed(n, petgraph::Direction::Incoming)
+                .count()
+        })
+        .collect();
+    let mut ready: BinaryHeap<Reverse<usize>> = indegree
+        .iter()
+        .enumerate()
+        .filter(|(_, &d)| d == 0)
+        .map(|(i, _)| Reverse(i))
+        .collect();
+    let mut order = Vec::with_capacity(indegree.len());
+    while let Some(Reverse(i)) = ready.pop() {
+        let node = NodeIndex::new(i);
+        order.push(node);
+        for next in graph.neighbors_directed(node, petgraph::Direction::Outgoing) {
+            indegree[next.index()] -= 1;
+            if indegree[next.index()] == 0 {
+                ready.push(Reverse(next.index()));
+            }
+        }
+    }
+    match indegree.iter().position(|&d| d > 0) {
+        Some(i) => Err(NodeIndex::new(i)),
+        None => Ok(order),
+    }
+}
+
 impl Plan {
     /// Compile, resolve and compare with the store.
     pub fn build(recipe: &Recipe, store: &Store) -> Result<Plan, PlanError> {
@@ -160,18 +200,18 @@ impl Plan {
                 graph.add_edge(nodes[dep.as_str()], nodes[step.id()], ());
             }
         }
-        let order = petgraph::algo::toposort(&graph, None).map_err(|cycle| {
+        let order = topological_order(&graph).map_err(|node| {
             let mut d = Diagnostics {
                 sources: recipe.sources.clone(),
                 items: vec![],
             };
             d.push(Diagnostic::error(format!(
                 "steps form a cycle through `{}`",
-                graph[cycle.node_id()]
+                graph[node]
             )));
             PlanError::Recipe(d)
         })?;
-        let mut by_id: HashMap<String, (Arc<dyn Step>, Vec<String>)> = compiled
+        let mut by_id: HashMap<String, Compiled> = compiled
             .into_iter()
             .map(|(s, r)| (s.id().to_string(), (s, r)))
             .collect();

@@ -422,12 +422,14 @@ impl<'a> Scope<'a> {
     fn eval_template(&mut self, template: &Template, span: &Span, relative: bool) -> EvalResult {
         let mut out = String::new();
         let mut sensitive = false;
+        let mut parts = Vec::new();
         for element in template.iter() {
             match element {
                 Element::Literal(text) => out.push_str(text.value()),
                 Element::Interpolation(interp) => {
                     let v = self.eval_hcl(&interp.expr, span.file)?;
                     sensitive |= v.value.is_sensitive();
+                    parts.extend(v.value.secret_parts());
                     match v.value.as_interpolated() {
                         Some(s) => out.push_str(&s),
                         None => {
@@ -453,7 +455,7 @@ impl<'a> Scope<'a> {
             }
         }
         let value = if sensitive {
-            Value::Secret(Secret::new(self.text(span), out))
+            Value::Secret(Secret::composed(self.text(span), out, parts))
         } else {
             Value::String(out)
         };
@@ -619,7 +621,8 @@ impl<'a> Scope<'a> {
                 }
                 let joined = parts.join(&sep);
                 if sensitive {
-                    Value::Secret(Secret::new(self.text(span), joined))
+                    let secret_parts = items.iter().flat_map(|i| i.value.secret_parts()).collect();
+                    Value::Secret(Secret::composed(self.text(span), joined, secret_parts))
                 } else {
                     Value::String(joined)
                 }

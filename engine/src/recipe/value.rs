@@ -20,14 +20,37 @@ pub const SECRET_MARKER: &str = "$vmbuild::secret";
 pub struct Secret {
     identity: String,
     value: String,
+    /// The secret values it was made of (itself, or the secrets interpolated into it): what
+    /// must be blanked out of logs, since a command may print them one by one.
+    parts: Vec<String>,
 }
 
 impl Secret {
     pub fn new(identity: impl Into<String>, value: impl Into<String>) -> Secret {
+        let value = value.into();
+        Secret {
+            identity: identity.into(),
+            parts: vec![value.clone()],
+            value,
+        }
+    }
+
+    /// A secret composed of other values, of which `parts` are secret.
+    pub fn composed(
+        identity: impl Into<String>,
+        value: impl Into<String>,
+        parts: Vec<String>,
+    ) -> Secret {
         Secret {
             identity: identity.into(),
             value: value.into(),
+            parts,
         }
+    }
+
+    /// The secret values within, for redaction.
+    pub fn parts(&self) -> &[String] {
+        &self.parts
     }
 
     /// The expression it came from, safe to show.
@@ -70,6 +93,7 @@ impl<'de> Deserialize<'de> for Secret {
         struct Inner {
             identity: String,
             value: String,
+            parts: Vec<String>,
         }
         #[derive(Deserialize)]
         struct Outer {
@@ -77,7 +101,11 @@ impl<'de> Deserialize<'de> for Secret {
             secret: Inner,
         }
         let outer = Outer::deserialize(deserializer)?;
-        Ok(Secret::new(outer.secret.identity, outer.secret.value))
+        Ok(Secret::composed(
+            outer.secret.identity,
+            outer.secret.value,
+            outer.secret.parts,
+        ))
     }
 }
 
@@ -98,6 +126,14 @@ impl Text {
 
     pub fn is_secret(&self) -> bool {
         matches!(self, Text::Secret(_))
+    }
+
+    /// The secret values within, for redaction (none for plain text).
+    pub fn secret_parts(&self) -> &[String] {
+        match self {
+            Text::Plain(_) => &[],
+            Text::Secret(s) => s.parts(),
+        }
     }
 }
 
@@ -193,7 +229,7 @@ impl Value {
             Value::Number(n) => J::Number(n.clone()),
             Value::String(s) => J::String(s.clone()),
             Value::Secret(s) => serde_json::json!({
-                SECRET_MARKER: { "identity": s.identity, "value": s.value }
+                SECRET_MARKER: { "identity": s.identity, "value": s.value, "parts": s.parts }
             }),
             Value::List(items) => J::Array(items.iter().map(|i| i.value.to_json()).collect()),
             Value::Object(items) => J::Object(
@@ -202,6 +238,19 @@ impl Value {
                     .map(|(k, v)| (k.clone(), v.value.to_json()))
                     .collect(),
             ),
+        }
+    }
+
+    /// Every secret value inside, for composing secrets.
+    pub fn secret_parts(&self) -> Vec<String> {
+        match self {
+            Value::Secret(s) => s.parts().to_vec(),
+            Value::List(items) => items.iter().flat_map(|i| i.value.secret_parts()).collect(),
+            Value::Object(items) => items
+                .iter()
+                .flat_map(|(_, v)| v.value.secret_parts())
+                .collect(),
+            _ => vec![],
         }
     }
 

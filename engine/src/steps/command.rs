@@ -40,8 +40,7 @@ impl CommandStep {
             .command
             .iter()
             .chain(self.block.env.values())
-            .filter(|t| t.is_secret())
-            .map(|t| t.reveal().to_string())
+            .flat_map(|t| t.secret_parts().iter().cloned())
             .collect()
     }
 }

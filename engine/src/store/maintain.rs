@@ -205,10 +205,10 @@ impl Store {
     /// (otherwise this returns [`StoreError::GcWithoutLock`]): gc removes every staging folder,
     /// which is safe only while no apply (holding the shared lock) runs.
     ///
-    /// Records kept: those whose key is in `keep`, those a ref names, and the `keep_last` most
-    /// recent (by `finished`) of each step of each recipe namespace. All other records go, then
-    /// every tree and blob no kept record names, everything under `tmp/`, the unheld key lock
-    /// files, and the refs whose record is gone. Unreadable records and refs are removed too.
+    /// Records kept: those whose key is in `keep`, and the `keep_last` most recent (by
+    /// `finished`) of each step of each recipe namespace. All other records go, then every tree
+    /// and blob no kept record names, everything under `tmp/`, and the unheld key lock files.
+    /// Unreadable records and refs are removed too; refs otherwise stay (they explain misses).
     pub fn gc(&self, keep: &BTreeSet<Digest>, keep_last: usize) -> Result<GcReport, StoreError> {
         if !self.exclusive_lock_held()? {
             return Err(StoreError::GcWithoutLock {
@@ -280,15 +280,10 @@ impl Store {
             }
         }
 
-        // Refs whose record is gone, and unreadable refs.
+        // Unreadable refs. Refs whose record is gone stay: they hold only the key inputs of a
+        // step's last build, which plan compares against to explain what changed.
         for path in self.ref_files()? {
-            let stale = match read_record(&path) {
-                Ok(Some(record)) => !self.action_path(&record.key).is_file(),
-                Ok(None) => false,
-                Err(StoreError::CorruptRecord { .. }) => true,
-                Err(e) => return Err(e),
-            };
-            if stale {
+            if let Err(StoreError::CorruptRecord { .. }) = read_record(&path) {
                 report.bytes_freed += remove_all(&path)?;
             }
         }
@@ -303,15 +298,6 @@ impl Store {
         records: &[(PathBuf, Option<ActionRecord>)],
     ) -> Result<BTreeSet<Digest>, StoreError> {
         let mut kept = keep.clone();
-        for path in self.ref_files()? {
-            match read_record(&path) {
-                Ok(Some(record)) => {
-                    kept.insert(record.key);
-                }
-                Ok(None) | Err(StoreError::CorruptRecord { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
         let mut by_step: BTreeMap<(&str, &str), Vec<&ActionRecord>> = BTreeMap::new();
         for record in records.iter().filter_map(|(_, record)| record.as_ref()) {
             by_step

@@ -253,26 +253,23 @@ fn commit_moves_the_tree_and_dedupes() {
     make_tree(&staging.out);
     fs::write(staging.scratch.join("junk"), "scratch").unwrap();
     fs::write(&staging.log, "the log\n").unwrap();
-    let (out, log, scratch) = (
+    let (out, dir, scratch) = (
         staging.out.clone(),
-        staging.log.clone(),
+        staging.dir.clone(),
         staging.scratch.clone(),
     );
     let digest = store.commit_tree(staging).unwrap();
     assert!(store.has_tree(&digest));
     assert_eq!(tree_digest(&store.tree_path(&digest)).unwrap(), digest);
-    assert!(!out.exists() && !scratch.exists());
-    // The log stays for the caller until gc.
-    assert_eq!(fs::read_to_string(&log).unwrap(), "the log\n");
+    // The whole staging area, log included, is gone.
+    assert!(!out.exists() && !scratch.exists() && !dir.exists());
 
     // The same content again: the same digest, one tree, the duplicate discarded.
     let again = store.stage().unwrap();
     make_tree(&again.out);
     let (out2, dir2) = (again.out.clone(), again.dir.clone());
     assert_eq!(store.commit_tree(again).unwrap(), digest);
-    // It wrote no log, so nothing of its staging area is left.
     assert!(!out2.exists() && !dir2.exists());
-    assert!(log.exists());
     assert_eq!(names(&store.root().join("trees")), vec![digest.to_hex()]);
     assert_eq!(
         fs::read_to_string(store.tree_path(&digest).join("ro/file")).unwrap(),
@@ -456,7 +453,7 @@ fn gc_keeps_what_is_named_and_recent() {
         store.put_action(&r).unwrap();
         runs.push(r);
     }
-    // Another step of another recipe, one run, named by a ref.
+    // Another step of another recipe, one run (kept by keep_last), named by a ref.
     let other = record(
         "other",
         "source.website",
@@ -528,7 +525,8 @@ fn gc_keeps_what_is_named_and_recent() {
         store.get_ref("other", "source.website").unwrap(),
         Some(other)
     );
-    assert_eq!(store.get_ref("ns", "ghost").unwrap(), None);
+    // Refs stay, even when their record is gone: they explain the next miss.
+    assert_eq!(store.get_ref("ns", "ghost").unwrap(), Some(ghost));
     // The free lock file went; the held one stayed.
     assert_eq!(
         names(&store.root().join("locks")),
@@ -601,7 +599,13 @@ fn crash_child() {
         return;
     };
     let store = Store::open(Path::new(&root)).unwrap();
-    for n in 0u32.. {
+    // Each round starts its numbers apart, so every round's commits are new trees.
+    let start: u32 = std::env::var("VMBUILD_STORE_CRASH_ROUND")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+        * 100_000;
+    for n in start.. {
         let staging = store.stage().unwrap();
         for f in 0..50 {
             let content = format!("{n} {f} ").repeat(1 + (f as usize) * 200);
@@ -632,6 +636,7 @@ fn sigkill_never_leaves_a_partial_object() {
                 "--nocapture",
             ])
             .env("VMBUILD_STORE_CRASH_ROOT", store.root())
+            .env("VMBUILD_STORE_CRASH_ROUND", round.to_string())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()

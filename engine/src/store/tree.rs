@@ -222,13 +222,13 @@ impl Store {
     /// Hash `staging.out`, sync it, and move it to `trees/<digest>`; returns the digest.
     ///
     /// If the store already has that tree, the staged copy is discarded instead. Either way the
-    /// scratch folder is removed; a log file, if the step wrote one, is left in `staging.dir` for
-    /// the caller to read (gc removes it later), otherwise `staging.dir` is removed too. The tree's content must no longer change when this is called.
+    /// whole staging folder, log included, is removed: read the log first. The tree's content
+    /// must no longer change when this is called.
     pub fn commit_tree(&self, mut staging: Staging) -> Result<Digest, StoreError> {
         let digest = tree_digest(&staging.out)?;
         let dest = self.tree_path(&digest);
         if self.has_tree(&digest) {
-            self.finish_staging(&mut staging, true);
+            self.finish_staging(&mut staging);
             return Ok(digest);
         }
         // One syncfs makes every file of the tree durable before it gets its name.
@@ -243,36 +243,25 @@ impl Store {
                         .ctx("restore the mode of", &dest)?;
                 }
                 sync_dir(&self.root.join("trees"))?;
-                self.finish_staging(&mut staging, false);
+                self.finish_staging(&mut staging);
             }
             // Another process committed the same tree since we looked: keep theirs.
             Err(e) if self.has_tree(&digest) => {
                 tracing::debug!("tree {digest} committed concurrently: {e}");
-                self.finish_staging(&mut staging, true);
+                self.finish_staging(&mut staging);
             }
             Err(e) => return Err(StoreError::io("move the staged tree to", &dest, e)),
         }
         Ok(digest)
     }
 
-    /// After a commit: remove the scratch folder (and `out`, when it was a duplicate; and the
-    /// whole staging folder when no log was written) and mark the staging committed so that its
-    /// drop leaves the log alone. The tree is in the store by now, so a failure here is only
+    /// After a commit: remove the whole staging folder (the caller has read the log by now) and
+    /// mark the staging committed. The tree is in the store by now, so a failure here is only
     /// warned about: gc removes what is left.
-    fn finish_staging(&self, staging: &mut Staging, discard_out: bool) {
+    fn finish_staging(&self, staging: &mut Staging) {
         staging.committed = true;
-        let mut leftovers = vec![&staging.scratch];
-        if discard_out {
-            leftovers.push(&staging.out);
-        }
-        // Without a log, nothing is left for the caller: remove the whole staging folder.
-        if !staging.log.exists() {
-            leftovers = vec![&staging.dir];
-        }
-        for path in leftovers {
-            if let Err(e) = remove_all(path) {
-                tracing::warn!("{}", describe(&e));
-            }
+        if let Err(e) = remove_all(&staging.dir) {
+            tracing::warn!("{}", describe(&e));
         }
     }
 
