@@ -108,11 +108,27 @@ pub async fn apply(
                 .iter()
                 .map(|d| (d.clone(), outputs[&position[d.as_str()]]))
                 .collect();
+            let inputs = KeyInputs::new(planned.step.as_ref(), &planned.resolved, upstream.clone());
+            // What the plan found cached is still cached: no store access, no task.
+            if let (Some(record), Action::Cached) = (&planned.record, planned.action) {
+                if Some(inputs.key()) == planned.key {
+                    observer.event(&Event::StepCached {
+                        id: planned.id.clone(),
+                        cutoff: false,
+                    });
+                    finished.insert(i);
+                    report.cached.push(planned.id.clone());
+                    report.outputs.insert(planned.id.clone(), record.output);
+                    outputs.insert(i, record.output);
+                    release_dependents(i, &dependents, &mut waiting_on, &mut ready);
+                    continue;
+                }
+            }
             let task = StepTask {
                 store: store.clone(),
                 observer: observer.clone(),
                 step: planned.step.clone(),
-                inputs: KeyInputs::new(planned.step.as_ref(), &planned.resolved, upstream.clone()),
+                inputs,
                 upstream_paths: upstream
                     .iter()
                     .map(|(id, d)| (id.clone(), store.tree_path(d)))
@@ -153,14 +169,7 @@ pub async fn apply(
                 }
                 report.outputs.insert(id, digest);
                 outputs.insert(i, digest);
-                for &d in &dependents[i] {
-                    waiting_on[d] -= 1;
-                    if waiting_on[d] == 0 {
-                        ready.push(d);
-                    }
-                }
-                // Keep plan order among ready steps.
-                ready.sort_by(|a, b| b.cmp(a));
+                release_dependents(i, &dependents, &mut waiting_on, &mut ready);
             }
             Outcome::Failed(error) => {
                 report.failed.push((id.clone(), error));
@@ -198,6 +207,23 @@ pub async fn apply(
         }
     }
     Ok(report)
+}
+
+/// Mark step `i` done for its dependents; those with nothing left to wait for become ready,
+/// taken in plan order.
+fn release_dependents(
+    i: usize,
+    dependents: &[Vec<usize>],
+    waiting_on: &mut [usize],
+    ready: &mut Vec<usize>,
+) {
+    for &d in &dependents[i] {
+        waiting_on[d] -= 1;
+        if waiting_on[d] == 0 {
+            ready.push(d);
+        }
+    }
+    ready.sort_by(|a, b| b.cmp(a));
 }
 
 fn skip_dependents(

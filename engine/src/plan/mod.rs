@@ -250,15 +250,21 @@ impl Plan {
             }
             let inputs = KeyInputs::new(step.as_ref(), &resolved, upstream);
             let own_digest = inputs.own_digest();
-            let last = store.get_ref(&namespace, &id)?;
-            let last_inputs: Option<KeyInputs> = last
-                .as_ref()
-                .and_then(|r| serde_json::from_value(r.key_inputs.clone()).ok());
+            // The last build of this step is read only to explain a miss: a null plan reads
+            // one record per step, nothing more.
+            let last_build = || -> Result<_, StoreError> {
+                let last = store.get_ref(&namespace, &id)?;
+                let inputs: Option<KeyInputs> = last
+                    .as_ref()
+                    .and_then(|r| serde_json::from_value(r.key_inputs.clone()).ok());
+                Ok((last, inputs))
+            };
             let (key, action, reason, record) = if pending.is_empty() {
                 let key = inputs.key();
                 match store.get_action(&key)? {
                     Some(record) => (Some(key), Action::Cached, None, Some(record)),
                     None => {
+                        let (last, last_inputs) = last_build()?;
                         let reason = match (&last, &last_inputs) {
                             (Some(last), _) if last.key == key => Reason::OutputMissing,
                             (Some(_), Some(before)) => {
@@ -270,6 +276,7 @@ impl Plan {
                     }
                 }
             } else {
+                let (last, last_inputs) = last_build()?;
                 let own_changes = last_inputs
                     .as_ref()
                     .map(|before| changes(before, &inputs, false))
