@@ -3,6 +3,7 @@
 //!
 //! Planning reads the recipe, local inputs and the store; it never runs a recipe's commands.
 
+mod compile;
 mod key;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,7 +18,6 @@ pub use key::{changes, Change, KeyInputs};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::hash::Digest;
 use crate::recipe::Recipe;
-use crate::steps::command::CommandStep;
 use crate::steps::{ResolveContext, Resolved, Step};
 use crate::store::{ActionRecord, Store, StoreError};
 
@@ -108,46 +108,6 @@ pub struct Plan {
     pub graph: DiGraph<String, ()>,
 }
 
-/// A compiled step and the secret values to blank out of its log.
-type Compiled = (Arc<dyn Step>, Vec<String>);
-
-/// Turn each recipe block into its steps. Kinds whose steps are not built yet are reported.
-fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
-    let mut diagnostics = Diagnostics {
-        sources: recipe.sources.clone(),
-        items: vec![],
-    };
-    let mut steps: Vec<Compiled> = Vec::new();
-    for named in &recipe.steps {
-        let step = CommandStep::new(named);
-        let redact = step.secrets();
-        steps.push((Arc::new(step), redact));
-    }
-    let unbuilt: Vec<(&str, crate::diag::Span)> = recipe
-        .templates
-        .iter()
-        .map(|b| ("template", b.header()))
-        .chain(recipe.databases.iter().map(|b| ("database", b.header())))
-        .chain(recipe.git_sources.iter().map(|b| ("source", b.header())))
-        .chain(recipe.files.iter().map(|b| ("files", b.header())))
-        .chain(recipe.configs.iter().map(|b| ("config", b.header())))
-        .chain(recipe.outputs.iter().map(|b| ("output", b.header())))
-        .chain(recipe.sanitize.iter().map(|b| ("sanitize", b.header())))
-        .chain(recipe.qa.iter().map(|b| ("qa", b.header())))
-        .collect();
-    for (kind, span) in unbuilt {
-        diagnostics.push(
-            Diagnostic::error(format!("this vmbuild validates `{kind}` blocks but cannot build them yet"))
-                .at(&span, "no step kind for this block yet")
-                .help("`vmbuild validate` checks this recipe; plan and apply need the step kinds of a later release"),
-        );
-    }
-    if diagnostics.has_errors() {
-        return Err(diagnostics);
-    }
-    Ok(steps)
-}
-
 /// A topological order that keeps the recipe's order wherever dependencies allow (Kahn's
 /// algorithm, always taking the earliest ready node), so plans read like their recipes.
 /// On a cycle, returns a node on it.
@@ -188,7 +148,7 @@ fn topological_order(graph: &DiGraph<String, ()>) -> Result<Vec<NodeIndex>, Node
 impl Plan {
     /// Compile, resolve and compare with the store.
     pub fn build(recipe: &Recipe, store: &Store) -> Result<Plan, PlanError> {
-        let compiled = compile(recipe)?;
+        let compiled = compile::compile(recipe)?;
         let namespace = Store::namespace(&recipe.path);
         let mut graph: DiGraph<String, ()> = DiGraph::new();
         let nodes: HashMap<String, NodeIndex> = compiled
@@ -211,7 +171,7 @@ impl Plan {
             )));
             PlanError::Recipe(d)
         })?;
-        let mut by_id: HashMap<String, Compiled> = compiled
+        let mut by_id: HashMap<String, compile::Compiled> = compiled
             .into_iter()
             .map(|(s, r)| (s.id().to_string(), (s, r)))
             .collect();

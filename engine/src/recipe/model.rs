@@ -32,6 +32,12 @@ pub struct StepBlock {
     /// What the step is for, shown by `vmbuild show`.
     #[serde(default, skip_serializing)]
     pub description: Option<String>,
+    /// Put the step's output into the VM at this path: the step is a layer.
+    #[serde(default)]
+    pub into: Option<String>,
+    /// Layers whose files this one may overwrite (`step.NAME`).
+    #[serde(default)]
+    pub replaces: Vec<String>,
 }
 
 /// `variable "NAME" { ... }`.
@@ -82,6 +88,9 @@ pub struct TemplateBlock {
     /// `"dhcp"` (the default) configures the first network interface by DHCP.
     #[serde(default)]
     pub network: Option<String>,
+    /// The kernel package (default `linux-image-amd64`).
+    #[serde(default)]
+    pub kernel: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

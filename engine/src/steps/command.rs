@@ -4,15 +4,13 @@
 //! the program it runs.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
-use globset::{GlobBuilder, GlobSetBuilder};
 use serde_json::json;
 
+use super::inputs::{glob_files, hash_file};
 use super::process::{self, Invocation};
 use super::{ResolveContext, Resolved, RunContext, Step, StepError, StepFuture};
 use crate::diag::{Diagnostic, Span};
-use crate::hash::Digest;
 use crate::recipe::{Named, Seg, StepBlock, Text};
 
 pub struct CommandStep {
@@ -32,16 +30,6 @@ impl CommandStep {
 
     fn span(&self, path: &[Seg]) -> Span {
         self.spans.value(path).unwrap_or_else(|| Span::new(0, 0..0))
-    }
-
-    /// Every secret value this step handles, for blanking out of its log.
-    pub fn secrets(&self) -> Vec<String> {
-        self.block
-            .command
-            .iter()
-            .chain(self.block.env.values())
-            .flat_map(|t| t.secret_parts().iter().cloned())
-            .collect()
     }
 }
 
@@ -85,6 +73,15 @@ impl Step for CommandStep {
             "after": self.block.after,
             "inputs": self.block.inputs,
         })
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        self.block
+            .command
+            .iter()
+            .chain(self.block.env.values())
+            .flat_map(|t| t.secret_parts().iter().cloned())
+            .collect()
     }
 
     fn resolve(&self, ctx: &ResolveContext) -> Result<Resolved, Diagnostic> {
@@ -159,55 +156,6 @@ impl Step for CommandStep {
     }
 }
 
-fn hash_file(path: &Path) -> std::io::Result<Digest> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap(path)?;
-    Ok(hasher.finalize().into())
-}
-
-/// Files under `root` matching `pattern`, as (relative path, full path), sorted. Only the part
-/// of the tree below the pattern's literal prefix is walked.
-fn glob_files(root: &Path, pattern: &str) -> Result<Vec<(String, PathBuf)>, std::io::Error> {
-    let glob = GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .build()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let set = GlobSetBuilder::new()
-        .add(glob)
-        .build()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let literal: Vec<&str> = pattern
-        .split('/')
-        .take_while(|part| !part.contains(['*', '?', '[', '{']))
-        .collect();
-    // The last literal part may be the file itself.
-    let mut start = root.to_path_buf();
-    for part in &literal {
-        let next = start.join(part);
-        if next.is_dir() {
-            start = next;
-        } else {
-            break;
-        }
-    }
-    let mut found = Vec::new();
-    for entry in walkdir::WalkDir::new(&start).follow_links(false) {
-        let entry = entry.map_err(std::io::Error::other)?;
-        if !entry.file_type().is_file() {
-            continue;
-        }
-        let Ok(relative) = entry.path().strip_prefix(root) else {
-            continue;
-        };
-        let relative = relative.to_string_lossy().to_string();
-        if set.is_match(&relative) {
-            found.push((relative, entry.path().to_path_buf()));
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,29 +170,5 @@ mod tests {
             upstream_variable("database.toxo.dump"),
             "VMBUILD_IN_DATABASE_TOXO_DUMP"
         );
-    }
-
-    #[test]
-    fn globs_walk_only_below_their_prefix() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("files/sub")).unwrap();
-        std::fs::write(dir.path().join("files/a.txt"), "a").unwrap();
-        std::fs::write(dir.path().join("files/b.bin"), "b").unwrap();
-        std::fs::write(dir.path().join("files/sub/c.txt"), "c").unwrap();
-        std::fs::write(dir.path().join("top.txt"), "t").unwrap();
-        let names = |p| {
-            glob_files(dir.path(), p)
-                .unwrap()
-                .into_iter()
-                .map(|(r, _)| r)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(names("files/*.txt"), vec!["files/a.txt"]);
-        assert_eq!(
-            names("files/**/*.txt"),
-            vec!["files/a.txt", "files/sub/c.txt"]
-        );
-        assert_eq!(names("top.txt"), vec!["top.txt"]);
-        assert!(names("nothing/*.txt").is_empty());
     }
 }

@@ -1,8 +1,16 @@
 //! Step kinds: one module each. A step declares its canonical parameters and what it reads
 //! (resolved read-only at plan time), and runs to fill an empty output folder.
 
+pub mod chroot;
 pub mod command;
+pub mod debootstrap;
+pub mod inputs;
 pub mod process;
+pub mod provision_puppet;
+pub mod provision_shell;
+pub mod system;
+pub mod tools;
+pub mod tree;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -64,6 +72,8 @@ pub struct RunContext {
     /// Upstream step id → its committed output folder (read-only).
     pub upstream: BTreeMap<String, PathBuf>,
     pub recipe_dir: PathBuf,
+    /// A cache shared by runs (downloaded packages); never part of an output or a key.
+    pub cache: PathBuf,
     /// Strings to blank out of logs.
     pub redact: Arc<Vec<String>>,
     pub cancel: CancellationToken,
@@ -84,6 +94,8 @@ pub enum StepError {
     Failed { program: String, status: String },
     #[error("stopped")]
     Cancelled,
+    #[error("{0}")]
+    Unmet(String),
     #[error("cannot {action} `{path}`: {source}")]
     Io {
         action: &'static str,
@@ -91,6 +103,16 @@ pub enum StepError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A `map_err` adapter: an I/O error while doing `action` on `path`.
+pub fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StepError {
+    let path = path.to_path_buf();
+    move |source| StepError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StepError>> + Send + 'a>>;
@@ -107,6 +129,10 @@ pub trait Step: Send + Sync {
     fn depends_on(&self) -> &[String];
     /// Canonical parameters: secrets by identity only.
     fn params(&self) -> serde_json::Value;
+    /// Secret values the step handles, to blank out of its log.
+    fn secrets(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Digests of local inputs and tool versions; read-only, runs nothing the recipe names.
     fn resolve(&self, ctx: &ResolveContext) -> Result<Resolved, Diagnostic>;
     /// Fill `ctx.out`.

@@ -1,0 +1,119 @@
+//! From recipe blocks to steps: each block kind becomes one or more steps of the graph.
+//!
+//! A `template` becomes a chain: `template.NAME.debootstrap` → `template.NAME.system` →
+//! `template.NAME.provision.0` → ...; each step's output is a whole root tree, so changing a
+//! late provisioner reruns only what follows it. `step` blocks become `command` steps.
+
+use std::sync::Arc;
+
+use crate::diag::{Diagnostic, Diagnostics, Span};
+use crate::recipe::{Provision, Recipe, Seg};
+use crate::steps::command::CommandStep;
+use crate::steps::debootstrap::DebootstrapStep;
+use crate::steps::provision_puppet::PuppetProvisionStep;
+use crate::steps::provision_shell::ShellProvisionStep;
+use crate::steps::system::SystemStep;
+use crate::steps::Step;
+
+/// A compiled step and the secret values to blank out of its log.
+pub type Compiled = (Arc<dyn Step>, Vec<String>);
+
+fn push(steps: &mut Vec<Compiled>, step: impl Step + 'static) {
+    let secrets = step.secrets();
+    steps.push((Arc::new(step), secrets));
+}
+
+/// Turn each recipe block into its steps. Kinds whose steps are not built yet are reported.
+pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
+    let mut diagnostics = Diagnostics {
+        sources: recipe.sources.clone(),
+        items: vec![],
+    };
+    let mut steps: Vec<Compiled> = Vec::new();
+    for named in &recipe.steps {
+        push(&mut steps, CommandStep::new(named));
+    }
+    if recipe.templates.len() > 1 {
+        let second = &recipe.templates[1];
+        diagnostics.push(
+            Diagnostic::error("a recipe builds one VM, from one template")
+                .at(&second.header(), "a second template")
+                .also(&recipe.templates[0].header(), "the first"),
+        );
+    }
+    for template in recipe.templates.iter().take(1) {
+        let block = &template.block;
+        let mut last = match (&block.debootstrap, &block.image) {
+            (Some(options), None) => {
+                let step = DebootstrapStep::new(template, options);
+                let id = step.id().to_string();
+                push(&mut steps, step);
+                id
+            }
+            (None, Some(_)) => {
+                let span = template
+                    .spans
+                    .value(&[Seg::Key("image".into())])
+                    .unwrap_or(template.header());
+                diagnostics.push(
+                    Diagnostic::error(
+                        "importing a template from a disk image is not supported yet",
+                    )
+                    .at(&span, "use a `debootstrap` block"),
+                );
+                continue;
+            }
+            _ => {
+                diagnostics.push(
+                    Diagnostic::error(format!(
+                        "template `{}` needs exactly one of `debootstrap` or `image`",
+                        template.name
+                    ))
+                    .at(&template.header(), "say where the root tree comes from"),
+                );
+                continue;
+            }
+        };
+        let system = SystemStep::new(template, &last);
+        last = system.id().to_string();
+        push(&mut steps, system);
+        for (index, provision) in block.provision.iter().enumerate() {
+            last = match provision {
+                Provision::Shell(options) => {
+                    let step = ShellProvisionStep::new(template, index, options, &last);
+                    let id = step.id().to_string();
+                    push(&mut steps, step);
+                    id
+                }
+                Provision::Puppet(options) => {
+                    let step = PuppetProvisionStep::new(template, index, options, &last);
+                    let id = step.id().to_string();
+                    push(&mut steps, step);
+                    id
+                }
+            };
+        }
+    }
+    let unbuilt: Vec<(&str, Span)> = recipe
+        .databases
+        .iter()
+        .map(|b| ("database", b.header()))
+        .chain(recipe.git_sources.iter().map(|b| ("source", b.header())))
+        .chain(recipe.files.iter().map(|b| ("files", b.header())))
+        .chain(recipe.configs.iter().map(|b| ("config", b.header())))
+        .chain(recipe.outputs.iter().map(|b| ("output", b.header())))
+        .chain(recipe.sanitize.iter().map(|b| ("sanitize", b.header())))
+        .chain(recipe.qa.iter().map(|b| ("qa", b.header())))
+        .collect();
+    for (kind, span) in unbuilt {
+        diagnostics.push(
+            Diagnostic::error(format!("this vmbuild validates `{kind}` blocks but cannot build them yet"))
+                .at(&span, "no step kind for this block yet")
+                .help("`vmbuild validate` checks this recipe; plan and apply need the step kinds of a later release"),
+        );
+    }
+    if diagnostics.has_errors() {
+        return Err(diagnostics);
+    }
+    Ok(steps)
+}

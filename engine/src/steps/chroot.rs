@@ -1,0 +1,176 @@
+//! Running commands inside a root tree: `/proc`, `/sys` and `/dev` mounted for the duration and
+//! always unmounted afterwards (also on failure or cancellation, by a drop guard), services kept
+//! from starting (`policy-rc.d`), and the host's DNS lent while the commands run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use super::process::{self, Invocation};
+use super::{io_error, RunContext, StepError};
+
+/// Mounts and temporary files inside a root tree, undone on drop.
+pub struct Chroot {
+    root: PathBuf,
+    mounted: Vec<PathBuf>,
+    /// Files vmbuild put in place for the duration, with what was there before.
+    restore: Vec<(PathBuf, Option<Restore>)>,
+}
+
+enum Restore {
+    File(Vec<u8>),
+    Symlink(PathBuf),
+}
+
+impl Chroot {
+    /// Prepare `root` for running commands in it.
+    pub fn enter(root: &Path) -> Result<Chroot, StepError> {
+        let mut chroot = Chroot {
+            root: root.to_path_buf(),
+            mounted: Vec::new(),
+            restore: Vec::new(),
+        };
+        chroot.mount("proc", "proc", MsFlags::empty(), Some("proc"))?;
+        chroot.mount("sysfs", "sys", MsFlags::empty(), Some("sysfs"))?;
+        chroot.mount("/dev", "dev", MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+        // No service may start inside the tree while packages are installed.
+        chroot.put(
+            "usr/sbin/policy-rc.d",
+            b"#!/bin/sh\n# vmbuild: no services start while the image is built\nexit 101\n",
+            0o755,
+        )?;
+        // The host's name service, so apt and friends can reach the network.
+        if let Ok(resolv) = std::fs::read("/etc/resolv.conf") {
+            chroot.put("etc/resolv.conf", &resolv, 0o644)?;
+        }
+        Ok(chroot)
+    }
+
+    fn mount(
+        &mut self,
+        source: &str,
+        target: &str,
+        flags: MsFlags,
+        fstype: Option<&str>,
+    ) -> Result<(), StepError> {
+        let path = self.root.join(target);
+        std::fs::create_dir_all(&path).map_err(io_error("create", &path))?;
+        mount(Some(source), &path, fstype, flags, None::<&str>).map_err(|errno| StepError::Io {
+            action: "mount",
+            path: path.clone(),
+            source: errno.into(),
+        })?;
+        self.mounted.push(path);
+        Ok(())
+    }
+
+    /// Put a file in place for the duration, remembering what to restore.
+    fn put(&mut self, relative: &str, bytes: &[u8], mode: u32) -> Result<(), StepError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.root.join(relative);
+        let before = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => Some(Restore::Symlink(
+                std::fs::read_link(&path).map_err(io_error("read", &path))?,
+            )),
+            Ok(_) => Some(Restore::File(
+                std::fs::read(&path).map_err(io_error("read", &path))?,
+            )),
+            Err(_) => None,
+        };
+        super::tree::replace_file(&path, bytes)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(io_error("chmod", &path))?;
+        self.restore.push((path, before));
+        Ok(())
+    }
+
+    /// Run a program inside the tree, logging like any step command.
+    pub async fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        env: BTreeMap<String, String>,
+        ctx: &RunContext,
+    ) -> Result<(), StepError> {
+        let mut all_args = vec![self.root.display().to_string(), program.to_string()];
+        all_args.extend(args.iter().map(|a| a.to_string()));
+        let mut env = env;
+        env.entry("PATH".into()).or_insert_with(|| {
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+        });
+        env.entry("DEBIAN_FRONTEND".into())
+            .or_insert_with(|| "noninteractive".into());
+        env.entry("HOME".into()).or_insert_with(|| "/root".into());
+        env.entry("LANG".into()).or_insert_with(|| "C.UTF-8".into());
+        process::run(
+            Invocation {
+                program: "chroot".into(),
+                args: all_args,
+                env,
+                cwd: PathBuf::from("/"),
+            },
+            ctx,
+        )
+        .await
+    }
+
+    /// Undo everything now, reporting a failure to unmount.
+    pub fn leave(mut self) -> Result<(), StepError> {
+        self.undo()
+    }
+
+    fn undo(&mut self) -> Result<(), StepError> {
+        let mut first_error = None;
+        while let Some((path, before)) = self.restore.pop() {
+            let _ = std::fs::remove_file(&path);
+            let restored = match before {
+                Some(Restore::File(bytes)) => std::fs::write(&path, bytes),
+                Some(Restore::Symlink(target)) => std::os::unix::fs::symlink(target, &path),
+                None => Ok(()),
+            };
+            if let Err(source) = restored {
+                first_error.get_or_insert(StepError::Io {
+                    action: "restore",
+                    path,
+                    source,
+                });
+            }
+        }
+        while let Some(path) = self.mounted.pop() {
+            // A process left behind may hold the mount: detach it rather than fail.
+            if let Err(errno) =
+                umount2(&path, MntFlags::empty()).or_else(|_| umount2(&path, MntFlags::MNT_DETACH))
+            {
+                first_error.get_or_insert(StepError::Io {
+                    action: "unmount",
+                    path,
+                    source: errno.into(),
+                });
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Chroot {
+    fn drop(&mut self) {
+        if let Err(e) = self.undo() {
+            tracing::warn!("leaving the build chroot: {e}");
+        }
+    }
+}
+
+/// Whether `root/path` is mounted (for tests: nothing must stay mounted).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    let target = path.display().to_string();
+    mounts
+        .lines()
+        .any(|line| line.split_whitespace().nth(1) == Some(target.as_str()))
+}
