@@ -1,6 +1,8 @@
-# A small Debian VM serving a page with nginx: the template is bootstrapped,
-# provisioned, assembled into a bootable disk, converted to qcow2 and OVA, and
-# booted by QA, which checks the page over HTTP.
+# A small Debian VM serving a page with nginx. The template is bootstrapped and
+# provisioned, assembled into a disk that boots by itself, converted to qcow2
+# and to an OVA for VMware and VirtualBox, and QA boots both and checks the page.
+#
+#   vmbuild apply examples/vm/site.hcl      # outputs land in examples/vm/output/
 
 variable "release" { default = "1" }
 
@@ -9,8 +11,9 @@ template "web" {
     suite    = "bookworm"
     packages = ["nginx-light"]
   }
-  kernel   = "linux-image-cloud-amd64"
-  hostname = "vmbuild-demo"
+  kernel    = "linux-image-cloud-amd64"
+  hostname  = "vmbuild-demo"
+  disk_size = "3G"
 
   provision "shell" {
     script = "provision/site.sh"
@@ -19,6 +22,34 @@ template "web" {
   provision "shell" {
     inline = ["echo 'release ${var.release}' > /var/www/html/release.txt"]
   }
+}
 
-  disk_size = "3G"
+output "qcow2" {
+  compress = true
+}
+
+output "ova" {
+  name   = "vmbuild-demo-${var.release}"
+  cpus   = 1
+  memory = "1G"
+}
+
+qa {
+  timeout = "5m"
+
+  http "home" {
+    path          = "/"
+    expect_status = 200
+    expect_body   = "Hello from a VM built by vmbuild"
+  }
+
+  http "release" {
+    path        = "/release.txt"
+    expect_body = "release ${var.release}"
+  }
+
+  command "hostname" {
+    run           = "cat /etc/hostname"
+    expect_output = "vmbuild-demo"
+  }
 }

@@ -74,6 +74,10 @@ pub enum Command {
         /// After a failure, let the steps that do not depend on it finish
         #[arg(long)]
         keep_going: bool,
+        /// Where to put the VM's disk images, SHA256SUMS and manifest.json
+        /// [default: `output/` beside the recipe]
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
     },
     /// Print the step graph
     Graph {

@@ -158,6 +158,7 @@ fn run(args: Args) -> Outcome {
             vars,
             jobs,
             keep_going,
+            output,
         } => {
             let store = store_at(&args)?;
             let (loaded, saved) = match read_plan_file(recipe) {
@@ -193,11 +194,14 @@ fn run(args: Args) -> Outcome {
                     )));
                 }
             }
+            let output = output.clone().unwrap_or_else(|| loaded.dir.join("output"));
             apply(
                 &plan,
                 &store,
                 jobs.unwrap_or_else(default_jobs),
                 *keep_going,
+                &output,
+                plain_variables(&loaded),
             )
         }
         Command::Graph {
@@ -323,7 +327,14 @@ fn read_plan_file(path: &Path) -> Option<Result<PlanSummary, Failure>> {
     }))
 }
 
-fn apply(plan: &Plan, store: &Store, jobs: usize, keep_going: bool) -> Outcome {
+fn apply(
+    plan: &Plan,
+    store: &Store,
+    jobs: usize,
+    keep_going: bool,
+    output: &Path,
+    variables: BTreeMap<String, serde_json::Value>,
+) -> Outcome {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let cancel = CancellationToken::new();
@@ -367,6 +378,16 @@ fn apply(plan: &Plan, store: &Store, jobs: usize, keep_going: bool) -> Outcome {
             return Err(Failure::Reported);
         }
         eprintln!("Apply complete: {} ran, {} cached.", report.ran.len(), report.cached.len());
+        if let Some(exported) = exec::export::export(plan, &report, store, output, variables)? {
+            let mut files = exported.copied.clone();
+            files.extend(exported.unchanged.iter().cloned());
+            files.sort();
+            eprintln!(
+                "Artifacts in `{}`: {} (with SHA256SUMS and manifest.json).",
+                exported.dir.display(),
+                files.join(", ")
+            );
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

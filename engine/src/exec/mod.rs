@@ -6,6 +6,8 @@
 //! without `keep_going` nothing new starts after a failure, with it independent branches go on.
 //! Cancellation (Ctrl-C) kills running commands and commits nothing partial.
 
+pub mod export;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +41,8 @@ pub struct ApplyReport {
     pub cancelled: bool,
     /// Output digest of every step that finished or was cached.
     pub outputs: BTreeMap<String, Digest>,
+    /// Key of every step that finished or was cached.
+    pub keys: BTreeMap<String, Digest>,
 }
 
 impl ApplyReport {
@@ -49,8 +53,9 @@ impl ApplyReport {
 
 /// What one step's task came back with.
 enum Outcome {
-    Cached(Digest),
-    Ran(Digest),
+    /// Key and output digest.
+    Cached(Digest, Digest),
+    Ran(Digest, Digest),
     Failed(String),
     Cancelled,
 }
@@ -119,6 +124,7 @@ pub async fn apply(
                     finished.insert(i);
                     report.cached.push(planned.id.clone());
                     report.outputs.insert(planned.id.clone(), record.output);
+                    report.keys.insert(planned.id.clone(), record.key);
                     outputs.insert(i, record.output);
                     release_dependents(i, &dependents, &mut waiting_on, &mut ready);
                     continue;
@@ -161,8 +167,9 @@ pub async fn apply(
         finished.insert(i);
         let id = plan.steps[i].id.clone();
         match outcome {
-            Outcome::Cached(digest) | Outcome::Ran(digest) => {
-                if matches!(outcome, Outcome::Cached(_)) {
+            Outcome::Cached(key, digest) | Outcome::Ran(key, digest) => {
+                report.keys.insert(id.clone(), key);
+                if matches!(outcome, Outcome::Cached(..)) {
                     report.cached.push(id.clone());
                 } else {
                     report.ran.push(id.clone());
@@ -288,7 +295,7 @@ impl StepTask {
                 id,
                 cutoff: self.expected_run,
             });
-            return Ok(Outcome::Cached(record.output));
+            return Ok(Outcome::Cached(key, record.output));
         }
         // One builder per key: another apply on this store may be building it right now.
         let store = self.store.clone();
@@ -299,7 +306,7 @@ impl StepTask {
             self.record_ref(&record)?;
             self.observer
                 .event(&Event::StepCached { id, cutoff: false });
-            return Ok(Outcome::Cached(record.output));
+            return Ok(Outcome::Cached(key, record.output));
         }
         let staging = self.store.stage()?;
         self.observer.event(&Event::StepStarted {
@@ -378,7 +385,7 @@ impl StepTask {
             duration: clock.elapsed(),
             output,
         });
-        Ok(Outcome::Ran(output))
+        Ok(Outcome::Ran(key, output))
     }
 
     /// Point the step's ref at `record` if it does not already.

@@ -5,6 +5,7 @@ pub mod chroot;
 pub mod command;
 pub mod debootstrap;
 pub mod inputs;
+pub mod layers;
 pub mod process;
 pub mod provision_puppet;
 pub mod provision_shell;
@@ -132,6 +133,11 @@ pub trait Step: Send + Sync {
     /// Secret values the step handles, to blank out of its log.
     fn secrets(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// Whether the step's output files are artifacts the user downloads (disk images), copied
+    /// out of the store into the output folder after apply.
+    fn artifacts(&self) -> bool {
+        false
     }
     /// Digests of local inputs and tool versions; read-only, runs nothing the recipe names.
     fn resolve(&self, ctx: &ResolveContext) -> Result<Resolved, Diagnostic>;
