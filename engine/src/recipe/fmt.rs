@@ -296,25 +296,64 @@ impl Lines {
         widths
     }
 
+    /// Column (in characters after the indentation) at which each entry's trailing comment
+    /// starts, less one space: trailing comments of consecutive one-line entries are aligned.
+    fn comment_columns(&self, texts: &[String]) -> Vec<usize> {
+        let entries = &self.entries;
+        let alignable = |i: usize| {
+            !entries[i].trailing.is_empty() && !entries[i].block && !texts[i].contains('\n')
+        };
+        let mut columns = vec![0; entries.len()];
+        let mut start = 0;
+        while start < entries.len() {
+            if !alignable(start) {
+                start += 1;
+                continue;
+            }
+            let mut end = start + 1;
+            while end < entries.len() && alignable(end) && entries[end].leading.is_empty() {
+                end += 1;
+            }
+            let column = texts[start..end]
+                .iter()
+                .map(|t| t.chars().count())
+                .max()
+                .unwrap_or(0);
+            columns[start..end].fill(column);
+            start = end;
+        }
+        columns
+    }
+
     /// Prints the entries and the closing trivia, one level of indentation given.
     fn render(&self, level: usize) -> String {
         let ind = indent(level);
         let widths = self.key_widths();
         let mut out = String::new();
+        let texts: Vec<String> = self
+            .entries
+            .iter()
+            .zip(widths)
+            .map(|(entry, width)| {
+                let mut text = String::new();
+                if let Some(key) = &entry.key {
+                    text.push_str(key);
+                    text.extend(std::iter::repeat_n(' ', width - key.chars().count()));
+                    text.push_str(" = ");
+                }
+                text.push_str(&entry.value);
+                text.push_str(entry.sep);
+                text
+            })
+            .collect();
+        let columns = self.comment_columns(&texts);
         let mut blank = false;
-        for (entry, width) in self.entries.iter().zip(widths) {
+        for ((entry, mut text), column) in self.entries.iter().zip(texts).zip(columns) {
             emit_trivia(&mut out, &mut blank, &ind, &entry.leading);
-            let mut text = String::new();
-            if let Some(key) = &entry.key {
-                text.push_str(key);
-                text.extend(std::iter::repeat_n(' ', width - key.chars().count()));
-                text.push_str(" = ");
-            }
-            text.push_str(&entry.value);
-            text.push_str(entry.sep);
-            for comment in &entry.trailing {
-                text.push(' ');
-                text.push_str(comment);
+            if !entry.trailing.is_empty() {
+                let width = text.chars().count();
+                text.extend(std::iter::repeat_n(' ', column.saturating_sub(width) + 1));
+                text.push_str(&entry.trailing.join(" "));
             }
             emit_line(&mut out, &mut blank, &ind, &text);
             blank = entry.block;
@@ -411,18 +450,31 @@ impl Printer<'_> {
                     });
                     lines.trivia(attr.value.decor().suffix(), false);
                 }
-                Structure::Block(block) => lines.push(Entry {
-                    value: self.block(block, level),
-                    block: true,
-                    ..Entry::default()
-                }),
+                Structure::Block(block) => {
+                    // A one-line block becomes multi-line: a comment at the end of its line
+                    // describes the block, so it goes after the opening brace.
+                    let expand = block.body.prefer_oneline() && !block.body.is_empty();
+                    let header_comments = if expand {
+                        comments(structure.decor().suffix())
+                    } else {
+                        Vec::new()
+                    };
+                    lines.push(Entry {
+                        value: self.block(block, level, header_comments),
+                        block: true,
+                        ..Entry::default()
+                    });
+                    if expand {
+                        continue;
+                    }
+                }
             }
             lines.trivia(structure.decor().suffix(), false);
         }
         lines.trivia(body.decor().suffix(), multiline);
     }
 
-    fn block(&self, block: &Block, level: usize) -> String {
+    fn block(&self, block: &Block, level: usize, header_comments: Vec<String>) -> String {
         let mut header = format!(
             "{}{}",
             block.ident.as_str(),
@@ -439,7 +491,10 @@ impl Printer<'_> {
             }
             header.push_str(&inline_after(label.decor().suffix()));
         }
-        let mut lines = Lines::default();
+        let mut lines = Lines {
+            open: header_comments,
+            ..Lines::default()
+        };
         lines.trivia(block.body.decor().prefix(), false);
         self.body(&block.body, level + 1, &mut lines);
         if lines.is_empty() {
@@ -520,14 +575,24 @@ impl Printer<'_> {
             Expression::UnaryOp(op) => {
                 format!("{}{}", op.operator.as_str(), self.sub(&op.expr, level)?)
             }
-            Expression::BinaryOp(op) => format!(
-                "{} {}{}{} {}",
-                self.sub(&op.lhs_expr, level)?,
-                strict_before(op.operator.decor().prefix())?,
-                op.operator.as_str(),
-                strict_after(op.operator.decor().suffix())?,
-                self.sub(&op.rhs_expr, level)?
-            ),
+            Expression::BinaryOp(op) => {
+                // hcl-edit (0.10) leaves the operator's decor unresolved, so look for comments
+                // in the source between the operands instead.
+                if let (Some(lhs), Some(rhs)) = (op.lhs_expr.span(), op.rhs_expr.span()) {
+                    let gap = self.src.get(lhs.end..rhs.start).unwrap_or_default();
+                    if gap.contains('#') || gap.contains("//") || gap.contains("/*") {
+                        return Err(Verbatim);
+                    }
+                }
+                format!(
+                    "{} {}{}{} {}",
+                    self.sub(&op.lhs_expr, level)?,
+                    strict_before(op.operator.decor().prefix())?,
+                    op.operator.as_str(),
+                    strict_after(op.operator.decor().suffix())?,
+                    self.sub(&op.rhs_expr, level)?
+                )
+            }
         })
     }
 
@@ -698,5 +763,24 @@ mod tests {
             fmt(src),
             "a           = 1\nlonger_name = \"x\"\nbb          = true\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod scratch {
+    #[test]
+    #[ignore]
+    fn show() {
+        let src = std::fs::read_to_string("/tmp/in.hcl").unwrap();
+        match super::format_hcl(&src) {
+            Ok(out) => {
+                print!("{out}");
+                println!(
+                    "----- second pass equal: {}",
+                    super::format_hcl(&out).unwrap() == out
+                );
+            }
+            Err(e) => println!("ERR {e:?}"),
+        }
     }
 }
