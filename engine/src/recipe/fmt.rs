@@ -214,7 +214,7 @@ struct Entry {
     /// The printed value (may span several lines, already indented).
     value: String,
     /// Printed right after the value (`,` in lists).
-    sep: &'static str,
+    sep: String,
     /// Comments at the end of the item's (last) line.
     trailing: Vec<String>,
     /// Blocks are followed by a blank line.
@@ -342,7 +342,7 @@ impl Lines {
                     text.push_str(" = ");
                 }
                 text.push_str(&entry.value);
-                text.push_str(entry.sep);
+                text.push_str(&entry.sep);
                 text
             })
             .collect();
@@ -655,9 +655,21 @@ impl Printer<'_> {
         for (i, item) in items.iter().enumerate() {
             lines.trivia(item.decor().prefix(), false);
             let last = i + 1 == items.len();
+            let heredoc = item.is_heredoc_template();
+            let mark = match (last, ellipsis, heredoc) {
+                (true, true, _) => "...",
+                (true, false, true) => "",
+                _ => ",",
+            };
+            // A heredoc's closing marker must be alone on its line.
+            let sep = if heredoc && !mark.is_empty() {
+                format!("\n{}{mark}", indent(level + 1))
+            } else {
+                mark.to_string()
+            };
             lines.push(Entry {
                 value: self.value(item, level + 1),
-                sep: if last && ellipsis { "..." } else { "," },
+                sep,
                 ..Entry::default()
             });
             lines.trivia(item.decor().suffix(), false);
@@ -1038,6 +1050,39 @@ j = provider::ns::fn(1)
     fn prints_strings_templates_and_heredocs_as_written() {
         let src = "a = \"tab\\there \\u00e9 $${x}\"\nb = \"release-${ var.release }\"\nc = 1.50\nscript = <<-EOT\n    echo hi   \n      indented\n    EOT\nd = 2\n";
         let expected = "a      = \"tab\\there \\u00e9 $${x}\"\nb      = \"release-${ var.release }\"\nc      = 1.50\nscript = <<-EOT\n    echo hi   \n      indented\n    EOT\nd = 2\n";
+        assert_eq!(fmt(src), expected);
+    }
+
+    #[test]
+    fn keeps_comments_in_calls_and_falls_back_to_source_for_odd_places() {
+        let src = r#"z = f(
+  1, # one
+  # before two
+  2
+)
+w = (var.a ? # why
+  1 : 2)
+x { /* a */ y = 1 /* b */ }
+"#;
+        let expected = r#"z = f(
+  1, # one
+  # before two
+  2,
+)
+w = (var.a ? # why
+  1 : 2)
+x { /* a */
+  y = 1 /* b */
+}
+"#;
+        assert_eq!(fmt(src), expected);
+    }
+
+    #[test]
+    fn keeps_heredoc_markers_alone_on_their_lines_in_lists() {
+        let src = "l = [\n<<EOT\nhello\nEOT\n, \"x\"]\nm = [\n  <<-EOT\n    a\n    EOT\n]\n";
+        let expected =
+            "l = [\n  <<EOT\nhello\nEOT\n  ,\n  \"x\",\n]\nm = [\n  <<-EOT\n    a\n    EOT\n]\n";
         assert_eq!(fmt(src), expected);
     }
 
