@@ -5,16 +5,17 @@
 //! syntax tree itself:
 //!
 //! * two-space indentation per nesting level, one attribute per line, `=` aligned across runs of
-//!   consecutive attributes (a run is broken by a blank line, a comment line, a block or an
-//!   attribute whose value spans several lines);
+//!   consecutive attributes (a run is broken by a blank line, a comment line or a block, and
+//!   ends after an attribute whose value spans several lines, as in terraform);
 //! * blocks always multi-line (`kind "label" {` … `}`), empty blocks as `kind "label" {}`, a blank
 //!   line after every block, no blank lines at the start or end of a body, runs of blank lines
 //!   collapsed to one, exactly one newline at the end of the file;
-//! * comments are never dropped: comment lines are re-indented to their structure's level,
-//!   comments at the end of a line stay there (after one space);
+//! * comments are never dropped: comment lines are re-indented to their structure's level;
+//!   comments at the end of a line stay there, aligned across consecutive one-line items; the
+//!   end-of-line comment of a one-line block moves after its opening brace when it is expanded;
 //! * expressions are normalised but keep the user's layout: arrays, objects and function calls
-//!   written on one line stay on one line (`["a", "b"]`, `{ k = "v" }`, `f(a, b)`); written over
-//!   several lines they get one element per line, one level deeper (arrays and function
+//!   with no line break between their elements stay on one line (`["a", "b"]`, `{ k = "v" }`,
+//!   `f(a, b)`); otherwise they get one element per line, one level deeper (arrays and function
 //!   arguments with a trailing comma, object items with aligned `=`). Operators get single
 //!   spaces (`a + b`, `c ? t : f`), traversals and calls none (`var.x`, `env("X")`).
 //!
@@ -22,7 +23,8 @@
 //! heredocs and numbers (their contents are never touched), and `for` expressions (whose inner
 //! layout is not normalised; only trailing white space is removed from their lines). An
 //! expression with a line comment in a place this printer cannot lay out (e.g. inside a
-//! multi-line binary operation) is also copied from the source, so that the comment is kept.
+//! multi-line conditional) is also copied from the source, so that the comment is kept; line
+//! breaks inside operations and conditionals without comments are joined into one line.
 //! Object items written with `:` are printed with `=`.
 
 use std::ops::Range;
