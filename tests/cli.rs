@@ -260,3 +260,55 @@ fn the_hello_example_applies() {
     let plan = project.run(&["plan", path.to_str().unwrap(), "--detailed-exitcode"]);
     assert_eq!(plan.code, 0, "{}", plan.transcript());
 }
+
+#[test]
+fn fmt_rewrites_once_and_then_changes_nothing() {
+    let project = Project::new();
+    project.recipe("# the greeting\nstep \"a\" { command = [\"true\"] }\nstep \"b\" {\n      command = [\"sh\", \"-c\", \"true\"]   # inline\n  after = [step.a]\n}\n");
+    project.run(&["fmt", "--check", "site.hcl"]).code(1);
+    project.run(&["fmt", "site.hcl"]).success();
+    let once = std::fs::read_to_string(project.path().join("site.hcl")).unwrap();
+    snapshot!(&project, "fmt-formatted", once.clone());
+    project.run(&["fmt", "--check", "site.hcl"]).success();
+    project.run(&["fmt", "site.hcl"]).success();
+    assert_eq!(
+        std::fs::read_to_string(project.path().join("site.hcl")).unwrap(),
+        once
+    );
+    // The meaning is the same: the formatted recipe validates.
+    project.run(&["validate", "site.hcl"]).success();
+}
+
+#[test]
+fn fmt_points_at_invalid_hcl() {
+    let project = Project::new();
+    project.recipe("step \"a\" {\n  command = [\n}\n");
+    let run = project.run(&["fmt", "site.hcl"]).code(1);
+    assert!(run.stderr.contains("╭─[site.hcl:"), "{}", run.stderr);
+}
+
+#[test]
+fn every_example_is_formatted_and_valid() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let project = Project::new();
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let dir = entry.unwrap().path();
+        let recipe = dir.join("site.hcl");
+        if !recipe.exists() {
+            continue;
+        }
+        let recipe = recipe.to_str().unwrap();
+        project.run(&["fmt", "--check", recipe]).success();
+        let validate = project
+            .command(&["validate", recipe])
+            .env("TOXO_SOURCE_URL", "postgres://example")
+            .env("TOXO_PASSWORD", "example")
+            .output()
+            .unwrap();
+        assert!(
+            validate.status.success(),
+            "{recipe}: {}",
+            String::from_utf8_lossy(&validate.stderr)
+        );
+    }
+}

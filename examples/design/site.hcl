@@ -1,19 +1,24 @@
 # The recipe sketch of the design document: every block kind. `vmbuild validate`
 # accepts it; plan and apply need the VM step kinds (template, database, ...).
 
-variable "release" { default = "68" }
+variable "release" {
+  default = "68"
+}
 
 template "base" {
   debootstrap {
     suite    = "bookworm"
     packages = ["apache2", "postgresql"]
   }
+
   provision "shell" {
     script = "provision/base.sh"
   }
+
   provision "puppet" {
     manifest = "puppet/site.pp"
   }
+
   disk_size = "8G"
 }
 
@@ -26,6 +31,7 @@ database "toxo" {
     name = "tuning_manager"
     wait = "10m"
   }
+
   into = "toxodb"
 }
 

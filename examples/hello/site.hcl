@@ -24,8 +24,9 @@ step "banner" {
 
 step "page" {
   description = "An index page made of both"
-  command = [
-    "sh", "-c",
+  command     = [
+    "sh",
+    "-c",
     "{ cat $VMBUILD_IN_BANNER/banner.txt; echo; cat $VMBUILD_IN_NOTES/notes.txt; } > $VMBUILD_OUT/index.txt",
   ]
   after = [step.banner, step.notes]

@@ -4,13 +4,16 @@
 #
 #   vmbuild apply examples/vm/site.hcl      # outputs land in examples/vm/output/
 
-variable "release" { default = "1" }
+variable "release" {
+  default = "1"
+}
 
 template "web" {
   debootstrap {
     suite    = "bookworm"
     packages = ["nginx-light"]
   }
+
   kernel    = "linux-image-cloud-amd64"
   hostname  = "vmbuild-demo"
   disk_size = "3G"

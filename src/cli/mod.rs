@@ -476,10 +476,11 @@ fn fmt(recipe: &Path, check: bool) -> Outcome {
             Err(error) => {
                 let mut d = engine::diag::Diagnostics::default();
                 let id = d.sources.add(file.clone(), text.clone());
-                let (range, message) = error.location();
+                let span = error.span();
+                let range = span.offset()..span.offset() + span.len();
                 d.push(
                     engine::diag::Diagnostic::error("the recipe is not valid HCL")
-                        .at(&engine::diag::Span::new(id, range), message),
+                        .at(&engine::diag::Span::new(id, range), error.message()),
                 );
                 eprint!("{}", diagnostics::render(&d));
                 return Err(Failure::Reported);

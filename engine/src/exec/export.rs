@@ -41,7 +41,11 @@ pub enum ExportError {
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ExportError {
     let path = path.to_path_buf();
-    move |source| ExportError::Io { action, path, source }
+    move |source| ExportError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// One step in the manifest.
@@ -103,7 +107,9 @@ pub fn export(
     };
     let mut sums: BTreeMap<String, String> = BTreeMap::new();
     for step in artifact_steps {
-        let Some(output) = report.outputs.get(&step.id) else { continue };
+        let Some(output) = report.outputs.get(&step.id) else {
+            continue;
+        };
         let tree = store.tree_path(output);
         let entries = std::fs::read_dir(&tree).map_err(io("list", &tree))?;
         let mut names: Vec<String> = entries
@@ -132,7 +138,10 @@ pub fn export(
             result.copied.push(name);
         }
     }
-    let sums_text: String = sums.iter().map(|(file, digest)| format!("{digest}  {file}\n")).collect();
+    let sums_text: String = sums
+        .iter()
+        .map(|(file, digest)| format!("{digest}  {file}\n"))
+        .collect();
     std::fs::write(dir.join(SHA256SUMS), sums_text).map_err(io("write", &dir.join(SHA256SUMS)))?;
     let manifest = Manifest {
         vmbuild: env!("CARGO_PKG_VERSION").to_string(),
@@ -172,7 +181,10 @@ fn packages(plan: &Plan, report: &ApplyReport, store: &Store) -> BTreeMap<String
         .filter_map(|d| std::fs::read_to_string(store.tree_path(d).join("packages.txt")).ok())
         .flat_map(|text| {
             text.lines()
-                .filter_map(|l| l.split_once('\t').map(|(p, v)| (p.to_string(), v.to_string())))
+                .filter_map(|l| {
+                    l.split_once('\t')
+                        .map(|(p, v)| (p.to_string(), v.to_string()))
+                })
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -196,6 +208,7 @@ fn copy_sparse(from: &Path, to: &Path) -> Result<(), ExportError> {
     }
     // Store files are read-only by convention; the user's copy is theirs to write.
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o644)).map_err(io("chmod", to))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o644))
+        .map_err(io("chmod", to))?;
     Ok(())
 }

@@ -574,10 +574,15 @@ fn validate(recipe: &Recipe, ids: &[String], diagnostics: &mut Vec<Diagnostic>) 
         }
         if let Some(into) = &step.block.into {
             if !into.starts_with('/') {
-                let span = step.spans.value(&[Seg::Key("into".into())]).unwrap_or(step.header());
+                let span = step
+                    .spans
+                    .value(&[Seg::Key("into".into())])
+                    .unwrap_or(step.header());
                 diagnostics.push(
-                    Diagnostic::error(format!("`into` must be an absolute path in the VM, not `{into}`"))
-                        .at(&span, "for example \"/srv/data\""),
+                    Diagnostic::error(format!(
+                        "`into` must be an absolute path in the VM, not `{into}`"
+                    ))
+                    .at(&span, "for example \"/srv/data\""),
                 );
             }
         }
@@ -589,9 +594,12 @@ fn validate(recipe: &Recipe, ids: &[String], diagnostics: &mut Vec<Diagnostic>) 
                 .any(|s| format!("step.{}", s.name) == *target && s.block.into.is_some());
             if !is_layer {
                 diagnostics.push(
-                    Diagnostic::error(format!("`{target}` is not a layer that `step.{}` could replace", step.name))
-                        .at(&span, "name a `step` block that has `into`")
-                        .help_opt(did_you_mean(target, ids.iter().map(String::as_str))),
+                    Diagnostic::error(format!(
+                        "`{target}` is not a layer that `step.{}` could replace",
+                        step.name
+                    ))
+                    .at(&span, "name a `step` block that has `into`")
+                    .help_opt(did_you_mean(target, ids.iter().map(String::as_str))),
                 );
             }
         }

@@ -44,7 +44,11 @@ fn files_of(dir: &Path, into: &str) -> Result<Vec<String>, StepError> {
             continue;
         }
         let relative = entry.path().strip_prefix(dir).unwrap_or(entry.path());
-        out.push(format!("{}/{}", into.trim_end_matches('/'), relative.display()));
+        out.push(format!(
+            "{}/{}",
+            into.trim_end_matches('/'),
+            relative.display()
+        ));
     }
     Ok(out)
 }
@@ -105,18 +109,31 @@ mod tests {
     #[test]
     fn layers_compose_in_order_and_shared_folders_are_fine() {
         let dir = tempfile::tempdir().unwrap();
-        let (root, a, b) = (dir.path().join("root"), dir.path().join("a"), dir.path().join("b"));
+        let (root, a, b) = (
+            dir.path().join("root"),
+            dir.path().join("a"),
+            dir.path().join("b"),
+        );
         write(&root, "etc/motd", "template");
         write(&a, "etc/motd", "from a");
         write(&a, "etc/a.conf", "a");
         write(&b, "b.conf", "b");
         compose(
             &root,
-            &[(layer("step.a", "/", &[]), a), (layer("step.b", "/etc", &[]), b)],
+            &[
+                (layer("step.a", "/", &[]), a),
+                (layer("step.b", "/etc", &[]), b),
+            ],
         )
         .unwrap();
-        assert_eq!(std::fs::read_to_string(root.join("etc/motd")).unwrap(), "from a");
-        assert_eq!(std::fs::read_to_string(root.join("etc/b.conf")).unwrap(), "b");
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/motd")).unwrap(),
+            "from a"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/b.conf")).unwrap(),
+            "b"
+        );
     }
 
     #[test]
@@ -125,10 +142,19 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         write(&a, "srv/site.conf", "a");
         write(&b, "site.conf", "b");
-        let layers = [(layer("step.a", "/", &[]), a.clone()), (layer("step.b", "/srv", &[]), b.clone())];
+        let layers = [
+            (layer("step.a", "/", &[]), a.clone()),
+            (layer("step.b", "/srv", &[]), b.clone()),
+        ];
         let error = check_conflicts(&layers).unwrap_err().to_string();
-        assert!(error.contains("`step.b` and `step.a` both write `/srv/site.conf`"), "{error}");
-        let layers = [(layer("step.a", "/", &[]), a), (layer("step.b", "/srv", &["step.a"]), b)];
+        assert!(
+            error.contains("`step.b` and `step.a` both write `/srv/site.conf`"),
+            "{error}"
+        );
+        let layers = [
+            (layer("step.a", "/", &[]), a),
+            (layer("step.b", "/srv", &["step.a"]), b),
+        ];
         check_conflicts(&layers).unwrap();
     }
 }
