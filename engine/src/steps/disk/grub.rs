@@ -247,6 +247,20 @@ pub fn config(kernel: &Kernel, fs_uuid: &str) -> String {
     )
 }
 
+/// Where [`DEFAULTS_DROPIN`] goes in the guest: Debian's grub-mkconfig reads
+/// `/etc/default/grub.d/*.cfg` after `/etc/default/grub`.
+pub const DEFAULTS_DROPIN_PATH: &str = "etc/default/grub.d/50-vmbuild-console.cfg";
+
+/// Settings that make `update-grub` in the guest (after a kernel upgrade, or virt-v2v)
+/// produce the same consoles as [`config`] does.
+pub const DEFAULTS_DROPIN: &str = "\
+# Written by vmbuild: keeps update-grub's grub.cfg on the serial port and the screen.
+GRUB_CMDLINE_LINUX=\"$GRUB_CMDLINE_LINUX console=tty0 console=ttyS0,115200n8\"
+GRUB_TERMINAL=\"serial console\"
+GRUB_SERIAL_COMMAND=\"serial --unit=0 --speed=115200\"
+GRUB_TIMEOUT=1
+";
+
 #[cfg(test)]
 mod tests {
     use super::*;

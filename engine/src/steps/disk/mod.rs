@@ -12,12 +12,16 @@
 //! [`assemble_disk`] **writes into the tree it is given** — the caller passes a private copy:
 //! `/etc/fstab` (replaced: the root filesystem by UUID), `/boot/grub/grub.cfg` (replaced: one
 //! entry for the newest `/boot/vmlinuz-*`), `/boot/grub/i386-pc/` (GRUB's modules, core.img
-//! and boot.img, as grub-install would leave them). The guest keeps working with its own
-//! `grub-pc` package afterwards: `update-grub` and `grub-install /dev/vda` work inside it.
+//! and boot.img, as grub-install would leave them) and `/etc/default/grub.d/50-vmbuild-console.cfg`
+//! (so that `update-grub` keeps the serial console). The guest keeps working with its own
+//! `grub-pc` package afterwards: `grub-probe`, `update-grub` and `grub-install /dev/vda` work
+//! inside it (checked on a booted image).
 //!
-//! Given the same tree and [`DiskSpec`] (with a `timestamp`), the image is byte-for-byte
-//! the same: UUID, hash seed and disk signature derive from the spec, the feature set from a
-//! pinned mke2fs.conf, and mkfs times from the timestamp.
+//! Determinism: the UUID, ext4 hash seed and MBR disk signature derive from the spec, the
+//! feature set from a pinned mke2fs.conf, mkfs's own times from `timestamp`, and mkfs -d walks
+//! directories in sorted order. Not yet byte-reproducible: e2fsprogs 1.47.0 copies each
+//! inode's *ctime* from the host tree, and ctime cannot be set from user space, so two
+//! builds differ in those fields (and the checksums covering them).
 
 mod ext4;
 mod grub;
@@ -175,6 +179,7 @@ pub fn assemble_disk(
         "boot/grub/grub.cfg",
         &grub::config(&kernel, &spec.fs_uuid),
     )?;
+    write_file(root, grub::DEFAULTS_DROPIN_PATH, grub::DEFAULTS_DROPIN)?;
     grub::install_files(root, &grub_dir, &core)?;
 
     // A fresh sparse file: no stale bytes anywhere.
