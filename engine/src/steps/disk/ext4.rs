@@ -55,9 +55,13 @@ impl Mkfs<'_> {
             source,
         })?;
         let extended = format!(
-            "offset={},root_owner=0:0,hash_seed={},nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+            "offset={},root_owner=0:0,hash_seed={},discard,lazy_itable_init=0,lazy_journal_init=0",
             self.offset, self.hash_seed
         );
+        // discard: on a file, mke2fs punches the partition's range, learns that it reads back
+        // as zeros and skips writing zeros itself (a 20 GiB image allocates 0.68 GB instead of
+        // 1 GB). lazy_*_init=0: inode tables are marked zeroed, so the guest kernel never runs
+        // ext4lazyinit and never grows a thin image on first boot.
         let blocks = (self.size / BLOCK).to_string();
         let args: [&OsStr; 15] = [
             "-q".as_ref(),
