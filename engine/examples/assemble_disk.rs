@@ -1,4 +1,5 @@
-//! Runs the disk step by hand: `assemble_disk ROOT OUT.raw [SIZE_MIB] [LABEL]`.
+//! Runs the disk step by hand: `assemble_disk ROOT OUT.raw [SIZE_MIB] [LABEL]`; set
+//! `VMBUILD_FIRMWARE=uefi` for the BIOS-and-UEFI (GPT) layout.
 //!
 //! ROOT is edited in place (fstab, grub.cfg, /boot/grub/i386-pc): pass a copy. The UUID
 //! derives from the absolute path of ROOT, so rerunning on the same path gives the same one.
@@ -6,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use engine::steps::disk::{assemble_disk, DiskSpec};
+use engine::steps::disk::{assemble_disk, DiskSpec, Firmware};
 use engine::Digest;
 
 fn main() {
@@ -19,11 +20,14 @@ fn main() {
     let out = PathBuf::from(&args[2]);
     let size_mib: u64 = args.get(3).map_or(2048, |s| s.parse().expect("SIZE_MIB"));
     let label = args.get(4).map_or("root", String::as_str);
-    let spec = DiskSpec::new(
+    let mut spec = DiskSpec::new(
         size_mib << 20,
         &Digest::of_bytes(root.as_os_str().as_encoded_bytes()),
         label,
     );
+    if std::env::var("VMBUILD_FIRMWARE").is_ok_and(|f| f == "uefi") {
+        spec.firmware = Firmware::BiosAndUefi;
+    }
     let scratch = tempfile::tempdir().expect("scratch dir");
     let t = Instant::now();
     match assemble_disk(&root, &spec, &out, scratch.path()) {

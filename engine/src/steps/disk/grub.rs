@@ -1,7 +1,8 @@
-//! GRUB for BIOS, installed into an image file with no device: the core image built by
-//! `grub-mkimage`, embedded in the gap between the MBR and the first partition, the boot
-//! sector (`boot.img`) patched to load it, the modules copied to `/boot/grub/i386-pc` in the
-//! guest tree, and the `grub.cfg` the guest boots with.
+//! GRUB, installed into an image file with no device. For BIOS: the core image built by
+//! `grub-mkimage`, embedded in the gap after the MBR (or in the GPT BIOS boot partition), the
+//! boot sector (`boot.img`) patched to load it. For UEFI: a `grub-mkimage` EFI application
+//! for the ESP's removable-media path. In both cases the modules are copied to
+//! `/boot/grub/<platform>` in the guest tree, and [`config`] is the `grub.cfg` it boots with.
 //!
 //! This does by hand what `grub-bios-setup` does for an embedded core: boot.img's
 //! kernel-sector field points at the first sector of core.img, and the blocklist at the end of
@@ -13,9 +14,6 @@ use std::path::{Path, PathBuf};
 use super::mbr::{BOOT_CODE_END, SECTOR};
 use super::tool::GRUB_MKIMAGE;
 use super::DiskError;
-
-/// Where GRUB's i386-pc files live in a Debian tree (package grub-pc-bin).
-const PLATFORM_DIR: &str = "usr/lib/grub/i386-pc";
 
 /// boot.img: the 64-bit LBA of core.img's first sector (`GRUB_BOOT_MACHINE_KERNEL_SECTOR`).
 const KERNEL_SECTOR: usize = 0x5c;
@@ -30,12 +28,70 @@ const BLOCKLIST: usize = 512 - 12;
 /// The segment diskboot loads the rest of core.img to (0x800 + 0x20): grub-mkimage writes it.
 const CORE_SEGMENT: u16 = 0x0820;
 
-/// The modules built into core.img: enough to read the MBR partition and ext4 and find
-/// `/boot/grub` on it; everything else is loaded from there.
-const CORE_MODULES: [&str; 3] = ["biosdisk", "part_msdos", "ext2"];
-/// core.img looks for its modules and grub.cfg on the first MBR partition of the disk it
-/// was loaded from.
-pub const PREFIX: &str = "(,msdos1)/boot/grub";
+/// A GRUB platform this step installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// BIOS (package grub-pc-bin).
+    I386Pc,
+    /// 64-bit UEFI (package grub-efi-amd64-bin).
+    X86_64Efi,
+}
+
+impl Platform {
+    /// GRUB's name for it: the directory under `/usr/lib/grub` and `/boot/grub`, and the
+    /// `--format` of grub-mkimage.
+    pub fn name(self) -> &'static str {
+        match self {
+            Platform::I386Pc => "i386-pc",
+            Platform::X86_64Efi => "x86_64-efi",
+        }
+    }
+
+    fn package(self) -> &'static str {
+        match self {
+            Platform::I386Pc => "grub-pc-bin",
+            Platform::X86_64Efi => "grub-efi-amd64-bin",
+        }
+    }
+
+    /// Files whose presence says the directory is usable.
+    fn markers(self) -> &'static [&'static str] {
+        match self {
+            Platform::I386Pc => &["kernel.img", "boot.img", "diskboot.img"],
+            Platform::X86_64Efi => &["kernel.img", "normal.mod"],
+        }
+    }
+
+    /// What grub-install calls the image it builds, kept in `/boot/grub/<platform>`.
+    fn image_name(self) -> &'static str {
+        match self {
+            Platform::I386Pc => "core.img",
+            Platform::X86_64Efi => "core.efi",
+        }
+    }
+}
+
+/// The partition table GRUB's image must read to find `/boot/grub`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Label {
+    Msdos,
+    Gpt,
+}
+
+impl Label {
+    fn name(self) -> &'static str {
+        match self {
+            Label::Msdos => "msdos",
+            Label::Gpt => "gpt",
+        }
+    }
+}
+
+/// Where the image looks for its modules and grub.cfg: partition `partition` (from 1) of the
+/// disk it was loaded from.
+pub fn prefix(label: Label, partition: u32) -> String {
+    format!("(,{}{partition})/boot/grub", label.name())
+}
 
 /// The kernel and initrd the guest boots, as paths inside the root tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,37 +101,50 @@ pub struct Kernel {
     pub initrd: Option<String>,
 }
 
-/// The directory of GRUB's i386-pc files: the guest's own when it has grub-pc-bin (so the
-/// core image and the modules on disk match what the guest's grub-install would use), the
-/// build host's otherwise.
-pub fn platform_dir(root: &Path) -> Result<PathBuf, DiskError> {
-    let searched = vec![root.join(PLATFORM_DIR), Path::new("/").join(PLATFORM_DIR)];
+/// The directory of GRUB's files for `platform`: the guest's own when it has them (so the
+/// image and the modules on disk match what the guest's grub-install would use), the build
+/// host's otherwise.
+pub fn platform_dir(root: &Path, platform: Platform) -> Result<PathBuf, DiskError> {
+    let relative = Path::new("usr/lib/grub").join(platform.name());
+    let searched = vec![root.join(&relative), Path::new("/").join(&relative)];
     searched
         .iter()
-        .find(|dir| dir.join("kernel.img").is_file() && dir.join("boot.img").is_file())
+        .find(|dir| platform.markers().iter().all(|m| dir.join(m).is_file()))
         .cloned()
         .ok_or(DiskError::GrubFilesMissing {
             searched,
-            package: "grub-pc-bin",
+            package: platform.package(),
         })
 }
 
-/// Builds core.img with `grub-mkimage` into `scratch` and returns its bytes.
-pub fn make_core(platform_dir: &Path, scratch: &Path) -> Result<Vec<u8>, DiskError> {
-    let out = scratch.join("core.img");
+/// Builds GRUB's image for `platform` with `grub-mkimage` into `scratch` and returns its
+/// bytes. Built in: the disk driver (BIOS), the partition table and ext2; the rest loads
+/// from the prefix.
+pub fn make_image(
+    platform: Platform,
+    platform_dir: &Path,
+    label: Label,
+    root_partition: u32,
+    scratch: &Path,
+) -> Result<Vec<u8>, DiskError> {
+    let out = scratch.join(platform.image_name());
     let mut args: Vec<std::ffi::OsString> = vec![
-        "--format=i386-pc".into(),
+        format!("--format={}", platform.name()).into(),
         "--directory".into(),
         platform_dir.into(),
         "--prefix".into(),
-        PREFIX.into(),
+        prefix(label, root_partition).into(),
         "--output".into(),
         out.clone().into(),
     ];
-    args.extend(CORE_MODULES.iter().map(Into::into));
+    if platform == Platform::I386Pc {
+        args.push("biosdisk".into());
+    }
+    args.push(format!("part_{}", label.name()).into());
+    args.push("ext2".into());
     GRUB_MKIMAGE.run(args, &[])?;
     fs::read(&out).map_err(|source| DiskError::Io {
-        action: "read the core image",
+        action: "read the GRUB image",
         path: out,
         source,
     })
@@ -129,10 +198,16 @@ pub fn install_boot_code(
     Ok(())
 }
 
-/// Copies GRUB's modules and lists into `<root>/boot/grub/i386-pc`, with core.img and
-/// boot.img, as grub-install would: GRUB loads `normal`, `linux` and the rest from there.
-pub fn install_files(root: &Path, platform_dir: &Path, core: &[u8]) -> Result<(), DiskError> {
-    let target = root.join("boot/grub/i386-pc");
+/// Copies GRUB's modules and lists for `platform` into `<root>/boot/grub/<platform>`, with
+/// the image (and boot.img for BIOS), as grub-install would: GRUB loads `normal`, `linux` and
+/// the rest from there.
+pub fn install_files(
+    root: &Path,
+    platform: Platform,
+    platform_dir: &Path,
+    image: &[u8],
+) -> Result<(), DiskError> {
+    let target = root.join("boot/grub").join(platform.name());
     let io = |action: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| DiskError::Io {
@@ -155,8 +230,8 @@ pub fn install_files(root: &Path, platform_dir: &Path, core: &[u8]) -> Result<()
             fs::copy(entry.path(), &to).map_err(io("copy GRUB file to", &to))?;
         }
     }
-    let core_path = target.join("core.img");
-    fs::write(&core_path, core).map_err(io("write", &core_path))
+    let image_path = target.join(platform.image_name());
+    fs::write(&image_path, image).map_err(io("write", &image_path))
 }
 
 /// The newest `vmlinuz-*` in `<root>/boot`, with its `initrd.img-*` if present.

@@ -13,14 +13,26 @@ pub const BOOT_CODE_END: usize = DISK_SIGNATURE;
 
 /// Partition type byte for a Linux filesystem.
 const TYPE_LINUX: u8 = 0x83;
+/// Partition type byte of a GPT protective MBR.
+const TYPE_GPT_PROTECTIVE: u8 = 0xEE;
 /// Status byte of the active (bootable) partition.
 const ACTIVE: u8 = 0x80;
+
+/// What an MBR entry describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A Linux filesystem (type 0x83).
+    Linux,
+    /// The whole disk, on a GPT disk (type 0xEE).
+    GptProtective,
+}
 
 /// One primary partition, in sectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Partition {
     pub first_lba: u32,
     pub sectors: u32,
+    pub kind: Kind,
 }
 
 /// Sector 0 with `partition` as the first (active) entry, the disk signature and the
@@ -29,10 +41,14 @@ pub fn sector0(partition: Partition, disk_signature: u32) -> [u8; 512] {
     let mut mbr = [0u8; 512];
     mbr[DISK_SIGNATURE..DISK_SIGNATURE + 4].copy_from_slice(&disk_signature.to_le_bytes());
     let entry = &mut mbr[TABLE_START..TABLE_START + 16];
-    let last_lba = partition.first_lba + partition.sectors - 1;
+    let last_lba = u64::from(partition.first_lba) + u64::from(partition.sectors) - 1;
+    let last_lba = u32::try_from(last_lba).unwrap_or(u32::MAX);
     entry[0] = ACTIVE;
     entry[1..4].copy_from_slice(&chs(partition.first_lba));
-    entry[4] = TYPE_LINUX;
+    entry[4] = match partition.kind {
+        Kind::Linux => TYPE_LINUX,
+        Kind::GptProtective => TYPE_GPT_PROTECTIVE,
+    };
     entry[5..8].copy_from_slice(&chs(last_lba));
     entry[8..12].copy_from_slice(&partition.first_lba.to_le_bytes());
     entry[12..16].copy_from_slice(&partition.sectors.to_le_bytes());
@@ -78,6 +94,7 @@ mod tests {
             Partition {
                 first_lba: 2048,
                 sectors: 4_192_256,
+                kind: Kind::Linux,
             },
             0xDEAD_BEEF,
         );

@@ -1,21 +1,34 @@
 //! The disk step: a root file tree in, a partitioned raw disk image out that boots by itself
-//! (BIOS, GRUB 2 on an MBR disk) — with no loop device, no mount, no udev and no chroot.
+//! with GRUB 2 — with no loop device, no mount, no udev and no chroot. Two layouts
+//! ([`Firmware`]):
 //!
-//! Layout of the image:
+//! `Bios` (MBR):
 //!
-//! | bytes                | content                                                   |
-//! |----------------------|-----------------------------------------------------------|
-//! | sector 0             | GRUB's boot.img + the partition table ([`mbr`])           |
-//! | sectors 1..2048      | GRUB's core.img, then zeros (holes) ([`grub`])            |
-//! | 1 MiB .. end         | partition 1, active, type 0x83: ext4 with the tree ([`ext4`]) |
+//! | bytes           | content                                                        |
+//! |-----------------|----------------------------------------------------------------|
+//! | sector 0        | GRUB's boot.img + the partition table (`mbr.rs`)                |
+//! | sectors 1..2048 | GRUB's core.img, then zeros (holes) (`grub.rs`)                 |
+//! | 1 MiB .. end    | partition 1, active, type 0x83: ext4 with the tree (`ext4.rs`)  |
+//!
+//! `BiosAndUefi` (GPT, boots under SeaBIOS and OVMF alike):
+//!
+//! | bytes              | content                                                      |
+//! |--------------------|--------------------------------------------------------------|
+//! | sector 0           | protective MBR with GRUB's boot.img (`gpt.rs`)                |
+//! | sectors 1..34      | GPT header and entries                                       |
+//! | 1 MiB .. 2 MiB     | partition 1, BIOS boot: GRUB's core.img                      |
+//! | 2 MiB .. 128 MiB   | partition 2, EFI system: FAT32, `/EFI/BOOT/BOOTX64.EFI` (`esp.rs`) |
+//! | 128 MiB .. end-1 MiB | partition 3, Linux root x86-64: ext4 with the tree         |
+//! | last 33 sectors    | backup GPT                                                   |
 //!
 //! [`assemble_disk`] **writes into the tree it is given** — the caller passes a private copy:
-//! `/etc/fstab` (replaced: the root filesystem by UUID), `/boot/grub/grub.cfg` (replaced: one
-//! entry for the newest `/boot/vmlinuz-*`), `/boot/grub/i386-pc/` (GRUB's modules, core.img
-//! and boot.img, as grub-install would leave them) and `/etc/default/grub.d/50-vmbuild-console.cfg`
+//! `/etc/fstab` (replaced: the root filesystem by UUID, and the ESP at `/boot/efi` with
+//! `nofail` when there is one), `/boot/grub/grub.cfg` (replaced: one entry for the newest
+//! `/boot/vmlinuz-*`), `/boot/grub/<platform>/` (GRUB's modules and images, as grub-install
+//! would leave them) and `/etc/default/grub.d/50-vmbuild-console.cfg`
 //! (so that `update-grub` keeps the serial console). The guest keeps working with its own
 //! `grub-pc` package afterwards: `grub-probe`, `update-grub` and `grub-install /dev/vda` work
-//! inside it (checked on a booted image).
+//! inside it (checked on a booted `Bios` image; not yet on a `BiosAndUefi` one).
 //!
 //! Determinism: the UUID, ext4 hash seed and MBR disk signature derive from the spec, the
 //! feature set from a pinned mke2fs.conf, mkfs's own times from `timestamp`, and mkfs -d walks
@@ -23,7 +36,9 @@
 //! inode's *ctime* from the host tree, and ctime cannot be set from user space, so two
 //! builds differ in those fields (and the checksums covering them).
 
+mod esp;
 mod ext4;
+mod gpt;
 mod grub;
 mod mbr;
 mod tool;
@@ -37,14 +52,64 @@ use crate::Digest;
 
 pub use grub::Kernel;
 
-/// The first partition starts at 1 MiB (sector 2048), as every modern tool aligns it.
-pub const PARTITION_OFFSET: u64 = 1 << 20;
+const MIB: u64 = 1 << 20;
 /// Disk sizes are whole MiB: partition ends stay aligned and every converter accepts them.
-pub const SIZE_ALIGN: u64 = 1 << 20;
-/// Smallest disk accepted: room for the gap plus a filesystem worth having.
-pub const MIN_SIZE: u64 = 64 << 20;
-/// Largest disk an MBR partition table can describe with 512-byte sectors.
+pub const SIZE_ALIGN: u64 = MIB;
+/// Smallest disk accepted: room for the boot partitions plus a filesystem worth having.
+pub const MIN_SIZE: u64 = 256 * MIB;
+/// Largest disk an MBR partition table can describe with 512-byte sectors (also the limit
+/// for GPT here: the protective MBR and BIOS booting gain nothing beyond it).
 pub const MAX_SIZE: u64 = (u32::MAX as u64 + 1) * mbr::SECTOR;
+
+/// Which firmware the disk boots under.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Firmware {
+    /// BIOS only, on an MBR disk: the layout virt-v2v and every hypervisor take as is.
+    #[default]
+    Bios,
+    /// BIOS and UEFI, on a GPT disk with a BIOS boot partition and an ESP. Needs GRUB's
+    /// x86_64-efi files (package grub-efi-amd64-bin, in the guest or on the host), mkfs.fat
+    /// (dosfstools) and mtools.
+    BiosAndUefi,
+}
+
+/// Where things go on the disk, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    /// Sector where GRUB's BIOS core.img starts, and how many sectors it may use.
+    core_lba: u64,
+    core_room: u64,
+    /// The ESP, if any: offset and size.
+    esp: Option<(u64, u64)>,
+    root_offset: u64,
+    root_size: u64,
+    /// Number (from 1) of the root partition, for GRUB's prefix.
+    root_partition: u32,
+}
+
+impl Layout {
+    fn new(firmware: Firmware, size: u64) -> Layout {
+        match firmware {
+            Firmware::Bios => Layout {
+                core_lba: 1,
+                core_room: MIB / mbr::SECTOR - 1,
+                esp: None,
+                root_offset: MIB,
+                root_size: size - MIB,
+                root_partition: 1,
+            },
+            Firmware::BiosAndUefi => Layout {
+                core_lba: MIB / mbr::SECTOR,
+                core_room: MIB / mbr::SECTOR,
+                esp: Some((2 * MIB, 126 * MIB)),
+                root_offset: 128 * MIB,
+                // The last MiB holds the backup GPT (its last 33 sectors) and stays aligned.
+                root_size: size - 129 * MIB,
+                root_partition: 3,
+            },
+        }
+    }
+}
 
 /// What disk to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +124,8 @@ pub struct DiskSpec {
     /// Seconds since the epoch for the times mkfs writes itself (superblock, root directory,
     /// lost+found); `None` means now. Times of files come from the tree.
     pub timestamp: Option<u64>,
+    /// BIOS only (MBR) or BIOS and UEFI (GPT).
+    pub firmware: Firmware,
 }
 
 impl DiskSpec {
@@ -70,6 +137,7 @@ impl DiskSpec {
             fs_uuid: derived_uuid("vmbuild 2026 disk filesystem uuid", &seed.0),
             label: label.into(),
             timestamp: None,
+            firmware: Firmware::Bios,
         }
     }
 }
@@ -78,17 +146,20 @@ impl DiskSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskInfo {
     pub size_bytes: u64,
+    pub firmware: Firmware,
     /// Byte offset of the root partition (and its filesystem) in the image.
     pub partition_offset: u64,
     pub partition_size: u64,
     pub fs_uuid: String,
-    /// The MBR disk signature (also called the disk identifier).
-    pub disk_signature: u32,
+    /// The disk identifier: the MBR disk signature (8 hex digits) or the GPT disk GUID.
+    pub disk_id: String,
+    /// The ESP (offset, size) in bytes, on a BIOS-and-UEFI disk.
+    pub esp: Option<(u64, u64)>,
     /// The kernel grub.cfg boots.
     pub kernel: Kernel,
-    /// Where GRUB's i386-pc files came from: the guest's `/usr/lib/grub/i386-pc`, or the
-    /// host's when the guest lacks grub-pc-bin.
-    pub grub_dir: PathBuf,
+    /// Where GRUB's files came from, per platform: the guest's `/usr/lib/grub/<platform>`,
+    /// or the host's when the guest lacks them.
+    pub grub_dirs: Vec<PathBuf>,
 }
 
 /// Why a disk could not be assembled.
@@ -148,8 +219,8 @@ pub enum DiskError {
 
 /// Makes `out_raw`, a bootable raw disk image of `spec.size_bytes`, from the tree `root`
 /// (which it edits first: see the module documentation). `scratch` is an existing directory
-/// for intermediate files (core.img, mke2fs.conf). The image is written to a temporary file
-/// beside `out_raw` and renamed over it when complete.
+/// for intermediate files (GRUB images, mke2fs.conf, the ESP). The image is written to a
+/// temporary file beside `out_raw` and renamed over it when complete.
 pub fn assemble_disk(
     root: &Path,
     spec: &DiskSpec,
@@ -157,30 +228,69 @@ pub fn assemble_disk(
     scratch: &Path,
 ) -> Result<DiskInfo, DiskError> {
     validate(spec)?;
-    let partition_size = spec.size_bytes - PARTITION_OFFSET;
-    let first_lba = PARTITION_OFFSET / mbr::SECTOR;
-    let disk_signature = u32::from_le_bytes(
-        blake3::derive_key("vmbuild 2026 disk mbr signature", spec.fs_uuid.as_bytes())[..4]
-            .try_into()
-            .expect("4 bytes"),
-    );
+    let layout = Layout::new(spec.firmware, spec.size_bytes);
+    let label = match spec.firmware {
+        Firmware::Bios => grub::Label::Msdos,
+        Firmware::BiosAndUefi => grub::Label::Gpt,
+    };
+    let derive = |what: &str| {
+        derived_uuid(
+            &format!("vmbuild 2026 disk {what}"),
+            spec.fs_uuid.as_bytes(),
+        )
+    };
 
     // GRUB first: it fails fast when tools are missing, before the long mkfs.
     let kernel = grub::find_kernel(root)?;
-    let grub_dir = grub::platform_dir(root)?;
-    let core_lba = 1;
-    let mut core = grub::make_core(&grub_dir, scratch)?;
-    grub::patch_core(&mut core, core_lba, first_lba - core_lba)?;
+    let bios_dir = grub::platform_dir(root, grub::Platform::I386Pc)?;
+    let mut core = grub::make_image(
+        grub::Platform::I386Pc,
+        &bios_dir,
+        label,
+        layout.root_partition,
+        scratch,
+    )?;
+    grub::patch_core(&mut core, layout.core_lba, layout.core_room)?;
+    let mut grub_dirs = vec![bios_dir.clone()];
+    let efi = match layout.esp {
+        None => None,
+        Some(_) => {
+            let efi_dir = grub::platform_dir(root, grub::Platform::X86_64Efi)?;
+            let image = grub::make_image(
+                grub::Platform::X86_64Efi,
+                &efi_dir,
+                label,
+                layout.root_partition,
+                scratch,
+            )?;
+            grub_dirs.push(efi_dir.clone());
+            Some((efi_dir, image))
+        }
+    };
+    let esp_volume_id = u32::from_str_radix(&derive("esp volume id")[..8], 16).expect("hex");
 
     // The guest's view of its own disk.
-    write_file(root, "etc/fstab", &fstab(&spec.fs_uuid))?;
+    write_file(
+        root,
+        "etc/fstab",
+        &fstab(&spec.fs_uuid, layout.esp.map(|_| esp_volume_id)),
+    )?;
     write_file(
         root,
         "boot/grub/grub.cfg",
         &grub::config(&kernel, &spec.fs_uuid),
     )?;
     write_file(root, grub::DEFAULTS_DROPIN_PATH, grub::DEFAULTS_DROPIN)?;
-    grub::install_files(root, &grub_dir, &core)?;
+    grub::install_files(root, grub::Platform::I386Pc, &bios_dir, &core)?;
+    if let Some((efi_dir, image)) = &efi {
+        grub::install_files(root, grub::Platform::X86_64Efi, efi_dir, image)?;
+        let mount_point = root.join("boot/efi");
+        fs::create_dir_all(&mount_point).map_err(|source| DiskError::Io {
+            action: "create",
+            path: mount_point,
+            source,
+        })?;
+    }
 
     // A fresh sparse file: no stale bytes anywhere.
     let parent = out_raw
@@ -206,42 +316,104 @@ pub fn assemble_disk(
     };
     tmp.as_file().set_len(spec.size_bytes).map_err(io("size"))?;
 
-    let hash_seed = derived_uuid("vmbuild 2026 disk ext4 hash seed", spec.fs_uuid.as_bytes());
+    let hash_seed = derive("ext4 hash seed");
     ext4::Mkfs {
         root,
         image: tmp.path(),
-        offset: PARTITION_OFFSET,
-        size: partition_size,
+        offset: layout.root_offset,
+        size: layout.root_size,
         uuid: &spec.fs_uuid,
         hash_seed: &hash_seed,
         label: &spec.label,
         timestamp: spec.timestamp,
     }
     .run(scratch)?;
-    let fs_size = ext4::filesystem_size(tmp.path(), PARTITION_OFFSET)?;
-    if fs_size != partition_size {
+    let fs_size = ext4::filesystem_size(tmp.path(), layout.root_offset)?;
+    if fs_size != layout.root_size {
         return Err(DiskError::FilesystemSize {
             fs_size,
-            partition_size,
+            partition_size: layout.root_size,
         });
     }
+    if let (Some((offset, size)), Some((_, image))) = (layout.esp, &efi) {
+        esp::Esp {
+            offset,
+            size,
+            volume_id: esp_volume_id,
+            efi_image: image,
+            timestamp: spec.timestamp,
+        }
+        .build(tmp.as_file(), tmp.path(), scratch)?;
+    }
 
-    let mut sector0 = mbr::sector0(
-        mbr::Partition {
-            first_lba: first_lba as u32,
-            sectors: (partition_size / mbr::SECTOR) as u32,
-        },
-        disk_signature,
-    );
-    grub::install_boot_code(&grub_dir, &mut sector0, core_lba)?;
-    // mkfs reopened the file by name; write through our handle after it is done.
+    // Tables and boot code last: mkfs reopened the file by name, and a discard must not
+    // reach them.
+    let sectors = spec.size_bytes / mbr::SECTOR;
+    let lba = |bytes: u64| bytes / mbr::SECTOR;
+    let (mut sector0, gpt_parts, disk_id) = match spec.firmware {
+        Firmware::Bios => {
+            let signature_hex = derive("mbr signature");
+            let signature = u32::from_str_radix(&signature_hex[..8], 16).expect("hex");
+            let sector0 = mbr::sector0(
+                mbr::Partition {
+                    first_lba: lba(layout.root_offset) as u32,
+                    sectors: lba(layout.root_size) as u32,
+                    kind: mbr::Kind::Linux,
+                },
+                signature,
+            );
+            (sector0, None, format!("{signature:08x}"))
+        }
+        Firmware::BiosAndUefi => {
+            let (esp_offset, esp_size) = layout.esp.expect("a BIOS-and-UEFI layout has an ESP");
+            let disk_guid = derive("gpt disk guid");
+            let entries = [
+                gpt::Entry {
+                    type_guid: gpt::TYPE_BIOS_BOOT,
+                    guid: derive("gpt bios boot partition guid"),
+                    first_lba: layout.core_lba,
+                    sectors: layout.core_room,
+                    name: "bios",
+                },
+                gpt::Entry {
+                    type_guid: gpt::TYPE_ESP,
+                    guid: derive("gpt esp partition guid"),
+                    first_lba: lba(esp_offset),
+                    sectors: lba(esp_size),
+                    name: "esp",
+                },
+                gpt::Entry {
+                    type_guid: gpt::TYPE_ROOT_X86_64,
+                    guid: derive("gpt root partition guid"),
+                    first_lba: lba(layout.root_offset),
+                    sectors: lba(layout.root_size),
+                    name: "root",
+                },
+            ];
+            let table = gpt::table(sectors, &disk_guid, &entries);
+            (table.sector0, Some(table), disk_guid)
+        }
+    };
+    grub::install_boot_code(&bios_dir, &mut sector0, layout.core_lba)?;
     let mut file: &File = tmp.as_file();
-    file.seek(SeekFrom::Start(0)).map_err(io("seek in"))?;
-    file.write_all(&sector0).map_err(io("write the MBR to"))?;
-    file.seek(SeekFrom::Start(core_lba * mbr::SECTOR))
-        .map_err(io("seek in"))?;
-    file.write_all(&core)
-        .map_err(io("write GRUB's core image to"))?;
+    let mut write_at = |offset: u64, bytes: &[u8], what: &'static str| {
+        file.seek(SeekFrom::Start(offset)).map_err(io("seek in"))?;
+        file.write_all(bytes).map_err(io(what))
+    };
+    write_at(0, &sector0, "write the MBR to")?;
+    if let Some(table) = &gpt_parts {
+        write_at(mbr::SECTOR, &table.primary, "write the GPT to")?;
+        write_at(
+            table.backup_offset,
+            &table.backup,
+            "write the backup GPT to",
+        )?;
+    }
+    write_at(
+        layout.core_lba * mbr::SECTOR,
+        &core,
+        "write GRUB's core image to",
+    )?;
     // tempfile creates 0600; an image is an ordinary artifact.
     file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .map_err(io("set the mode of"))?;
@@ -254,12 +426,14 @@ pub fn assemble_disk(
 
     Ok(DiskInfo {
         size_bytes: spec.size_bytes,
-        partition_offset: PARTITION_OFFSET,
-        partition_size,
+        firmware: spec.firmware,
+        partition_offset: layout.root_offset,
+        partition_size: layout.root_size,
         fs_uuid: spec.fs_uuid.clone(),
-        disk_signature,
+        disk_id,
+        esp: layout.esp,
         kernel,
-        grub_dir,
+        grub_dirs,
     })
 }
 
@@ -274,7 +448,7 @@ fn validate(spec: &DiskSpec) -> Result<(), DiskError> {
         return bad("not a whole number of MiB");
     }
     if spec.size_bytes < MIN_SIZE {
-        return bad("smaller than 64 MiB");
+        return bad("smaller than 256 MiB");
     }
     if spec.size_bytes > MAX_SIZE {
         return bad("larger than the 2 TiB an MBR partition table can describe");
@@ -319,11 +493,21 @@ fn derived_uuid(context: &str, material: &[u8]) -> String {
     )
 }
 
-fn fstab(fs_uuid: &str) -> String {
-    format!(
+/// The guest's fstab: the root filesystem, and the ESP when there is one (`nofail`, no fsck:
+/// the guest may lack dosfstools, and booting must not depend on it).
+fn fstab(fs_uuid: &str, esp_volume_id: Option<u32>) -> String {
+    let mut out = format!(
         "# Written by vmbuild: <file system> <mount point> <type> <options> <dump> <pass>\n\
          UUID={fs_uuid} / ext4 errors=remount-ro 0 1\n"
-    )
+    );
+    if let Some(id) = esp_volume_id {
+        out.push_str(&format!(
+            "UUID={:04X}-{:04X} /boot/efi vfat umask=0077,nofail 0 0\n",
+            id >> 16,
+            id & 0xFFFF
+        ));
+    }
+    out
 }
 
 /// Writes `content` to `root/relative`, creating parent directories, mode 0644.
@@ -368,10 +552,11 @@ mod tests {
             fs_uuid: "0f0e0d0c-0b0a-4908-8706-050403020100".into(),
             label: "root".into(),
             timestamp: None,
+            firmware: Firmware::Bios,
         };
         assert!(validate(&spec(2 << 30)).is_ok());
         assert!(validate(&spec((2 << 30) + 512)).is_err());
-        assert!(validate(&spec(32 << 20)).is_err());
+        assert!(validate(&spec(128 << 20)).is_err());
         assert!(validate(&spec(4 << 40)).is_err());
         let mut long = spec(2 << 30);
         long.label = "a-label-longer-than-16".into();

@@ -25,6 +25,21 @@ pub(crate) const GRUB_MKIMAGE: Tool = Tool {
     package: "grub2-common",
 };
 
+pub(crate) const MKFS_FAT: Tool = Tool {
+    program: "mkfs.fat",
+    package: "dosfstools",
+};
+
+pub(crate) const MMD: Tool = Tool {
+    program: "mmd",
+    package: "mtools",
+};
+
+pub(crate) const MCOPY: Tool = Tool {
+    program: "mcopy",
+    package: "mtools",
+};
+
 /// How many bytes of stderr a failure keeps.
 const STDERR_TAIL: usize = 2000;
 
