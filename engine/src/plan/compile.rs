@@ -10,6 +10,8 @@ use crate::diag::{Diagnostic, Diagnostics, Span};
 use crate::recipe::{Provision, Recipe, Seg};
 use crate::steps::command::CommandStep;
 use crate::steps::debootstrap::DebootstrapStep;
+use crate::steps::disk::step::DiskStep;
+use crate::steps::layers::Layer;
 use crate::steps::provision_puppet::PuppetProvisionStep;
 use crate::steps::provision_shell::ShellProvisionStep;
 use crate::steps::system::SystemStep;
@@ -21,6 +23,21 @@ pub type Compiled = (Arc<dyn Step>, Vec<String>);
 fn push(steps: &mut Vec<Compiled>, step: impl Step + 'static) {
     let secrets = step.secrets();
     steps.push((Arc::new(step), secrets));
+}
+
+/// The `step` blocks whose output goes into the VM, in recipe order.
+fn layers(recipe: &Recipe) -> Vec<Layer> {
+    recipe
+        .steps
+        .iter()
+        .filter_map(|s| {
+            s.block.into.as_ref().map(|into| Layer {
+                id: format!("step.{}", s.name),
+                into: into.clone(),
+                replaces: s.block.replaces.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Turn each recipe block into its steps. Kinds whose steps are not built yet are reported.
@@ -92,6 +109,24 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
                     id
                 }
             };
+        }
+        let disk = DiskStep::new(template, &last, layers(recipe));
+        push(&mut steps, disk);
+    }
+    if recipe.templates.is_empty() {
+        for named in recipe.steps.iter().filter(|s| s.block.into.is_some()) {
+            let span = named
+                .spans
+                .value(&[Seg::Key("into".into())])
+                .unwrap_or(named.header());
+            diagnostics.push(
+                Diagnostic::error(format!(
+                    "`step.{}` puts its output into the VM, but the recipe has no template",
+                    named.name
+                ))
+                .at(&span, "a layer of the VM")
+                .help("add a `template` block, or remove `into`"),
+            );
         }
     }
     let unbuilt: Vec<(&str, Span)> = recipe

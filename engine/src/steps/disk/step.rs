@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::disk::{assemble_disk, DiskSpec, MIN_SIZE, SIZE_ALIGN};
-use super::layers::{compose, Layer};
-use super::tools::{GRUB_MKIMAGE, MKFS_EXT4};
-use super::tree::link_tree;
-use super::{io_error, Resolved, ResolveContext, RunContext, Step, StepError, StepFuture};
+use super::{assemble_disk, DiskSpec, MIN_SIZE, SIZE_ALIGN};
 use crate::diag::{Diagnostic, Span};
 use crate::hash::Digest;
 use crate::recipe::{Named, Seg, TemplateBlock};
+use crate::steps::layers::{compose, Layer};
+use crate::steps::tools::{GRUB_MKIMAGE, MKFS_EXT4};
+use crate::steps::tree::link_tree;
+use crate::steps::{io_error, ResolveContext, Resolved, RunContext, Step, StepError, StepFuture};
 
 /// The disk image inside the step's output.
 pub const DISK_FILE: &str = "disk.raw";
@@ -137,12 +137,18 @@ impl Step for DiskStep {
             let scratch = ctx.scratch.join("disk");
             std::fs::create_dir_all(&scratch).map_err(io_error("create", &scratch))?;
             let (root2, out2, scratch2) = (root.clone(), out_raw.clone(), scratch.clone());
-            let info = tokio::task::spawn_blocking(move || assemble_disk(&root2, &spec, &out2, &scratch2))
-                .await
-                .expect("the disk task does not panic")
-                .map_err(|e| StepError::Unmet(format!("assembling the disk: {}", error_chain(&e))))?;
+            let info =
+                tokio::task::spawn_blocking(move || assemble_disk(&root2, &spec, &out2, &scratch2))
+                    .await
+                    .expect("the disk task does not panic")
+                    .map_err(|e| {
+                        StepError::Unmet(format!("assembling the disk: {}", error_chain(&e)))
+                    })?;
             let packages = std::process::Command::new("dpkg-query")
-                .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
+                .arg(format!(
+                    "--admindir={}",
+                    root.join("var/lib/dpkg").display()
+                ))
                 .args(["-W", "-f", "${Package}\t${Version}\n"])
                 .output()
                 .map_err(|source| StepError::Spawn {

@@ -1,0 +1,150 @@
+//! Running the external tools of the disk step (mkfs.ext4, grub-mkimage): locating them, naming
+//! the Debian package that provides a missing one, and turning a failure into a [`DiskError`]
+//! that says which command failed, how, and the end of what it wrote on stderr.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::DiskError;
+
+/// An external program and the Debian package that provides it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tool {
+    pub program: &'static str,
+    pub package: &'static str,
+}
+
+pub(crate) const MKFS_EXT4: Tool = Tool {
+    program: "mkfs.ext4",
+    package: "e2fsprogs",
+};
+
+pub(crate) const GRUB_MKIMAGE: Tool = Tool {
+    program: "grub-mkimage",
+    package: "grub2-common",
+};
+
+pub(crate) const MKFS_FAT: Tool = Tool {
+    program: "mkfs.fat",
+    package: "dosfstools",
+};
+
+pub(crate) const MMD: Tool = Tool {
+    program: "mmd",
+    package: "mtools",
+};
+
+pub(crate) const MCOPY: Tool = Tool {
+    program: "mcopy",
+    package: "mtools",
+};
+
+/// How many bytes of stderr a failure keeps.
+const STDERR_TAIL: usize = 2000;
+
+impl Tool {
+    /// The absolute path of the program: `PATH` first, then the usual system directories
+    /// (a non-login root shell often lacks `/usr/sbin`, where mkfs lives).
+    pub fn locate(&self) -> Result<PathBuf, DiskError> {
+        let from_env = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let fallback = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from);
+        from_env
+            .into_iter()
+            .chain(fallback)
+            .map(|dir| dir.join(self.program))
+            .find(|candidate| is_executable(candidate))
+            .ok_or(DiskError::ToolMissing {
+                program: self.program,
+                package: self.package,
+            })
+    }
+
+    /// Runs the program with `args` and `envs` (added to a cleared-locale environment) and
+    /// returns its stdout. A non-zero exit is an error carrying the stderr tail.
+    pub fn run<I, S>(&self, args: I, envs: &[(&str, &OsStr)]) -> Result<Vec<u8>, DiskError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let path = self.locate()?;
+        let mut command = Command::new(&path);
+        command.args(args).env("LC_ALL", "C");
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let rendered = render(&command);
+        let output = command.output().map_err(|source| DiskError::Spawn {
+            command: rendered.clone(),
+            source,
+        })?;
+        if !output.status.success() {
+            return Err(DiskError::ToolFailed {
+                command: rendered,
+                status: output.status,
+                stderr_tail: tail(&output.stderr),
+            });
+        }
+        Ok(output.stdout)
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// A command line for messages: program and arguments, space-separated.
+fn render(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The last [`STDERR_TAIL`] bytes of `stderr`, lossily decoded and trimmed.
+fn tail(stderr: &[u8]) -> String {
+    let start = stderr.len().saturating_sub(STDERR_TAIL);
+    String::from_utf8_lossy(&stderr[start..]).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tool_names_its_package() {
+        let tool = Tool {
+            program: "vmbuild-no-such-program",
+            package: "vmbuild-no-such-package",
+        };
+        let err = tool.run(["--version"], &[]).unwrap_err();
+        assert!(matches!(err, DiskError::ToolMissing { .. }));
+        assert!(err.to_string().contains("vmbuild-no-such-package"));
+    }
+
+    #[test]
+    fn a_failure_keeps_the_stderr_tail() {
+        let tool = Tool {
+            program: "sh",
+            package: "dash",
+        };
+        let err = tool.run(["-c", "echo boom >&2; exit 3"], &[]).unwrap_err();
+        match err {
+            DiskError::ToolFailed {
+                status,
+                stderr_tail,
+                ..
+            } => {
+                assert_eq!(status.code(), Some(3));
+                assert_eq!(stderr_tail, "boom");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
