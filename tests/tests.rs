@@ -7,5 +7,6 @@ mod caching;
 mod cli;
 mod crash;
 mod diagnostics;
+mod e2e;
 mod parallel;
 mod secrets;

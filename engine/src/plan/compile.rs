@@ -11,6 +11,7 @@ use crate::recipe::{Provision, Recipe, Seg};
 use crate::steps::command::CommandStep;
 use crate::steps::debootstrap::DebootstrapStep;
 use crate::steps::disk::step::DiskStep;
+use crate::steps::import::ImportStep;
 use crate::steps::layers::Layer;
 use crate::steps::provision_puppet::PuppetProvisionStep;
 use crate::steps::provision_shell::ShellProvisionStep;
@@ -67,18 +68,11 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
                 push(&mut steps, step);
                 id
             }
-            (None, Some(_)) => {
-                let span = template
-                    .spans
-                    .value(&[Seg::Key("image".into())])
-                    .unwrap_or(template.header());
-                diagnostics.push(
-                    Diagnostic::error(
-                        "importing a template from a disk image is not supported yet",
-                    )
-                    .at(&span, "use a `debootstrap` block"),
-                );
-                continue;
+            (None, Some(options)) => {
+                let step = ImportStep::new(template, options);
+                let id = step.id().to_string();
+                push(&mut steps, step);
+                id
             }
             _ => {
                 diagnostics.push(

@@ -1,0 +1,182 @@
+//! The `output` kind: the VM's disk in a format users download, one step per `output` block,
+//! after the disk: `qcow2` (optionally compressed), `vmdk` (streamOptimized or
+//! monolithicSparse), `vdi`, `raw`, `ova` (OVF 1.0 + manifest + VMDK), and `libvirt` (a qcow2
+//! with a domain XML beside it). Each output holds a `SHA256SUMS` of its files.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+use super::disk::step::DISK_FILE;
+use super::image::{
+    build_ova, convert, libvirt_domain_xml, ConvertOptions, DiskFormat, DomainType, GuestOs, VmSpec,
+    VmdkSubformat,
+};
+use super::tools::QEMU_IMG;
+use super::{io_error, Resolved, ResolveContext, RunContext, Step, StepError, StepFuture};
+use crate::diag::{Diagnostic, Span};
+use crate::exec::export::SHA256SUMS;
+use crate::recipe::{Named, OutputBlock};
+
+pub struct OutputStep {
+    id: String,
+    format: String,
+    disk: Vec<String>,
+    name: String,
+    block: OutputBlock,
+    span: Span,
+}
+
+impl OutputStep {
+    pub fn new(output: &Named<OutputBlock>, disk: &str, default_name: &str) -> OutputStep {
+        OutputStep {
+            id: format!("output.{}", output.name),
+            format: output.name.clone(),
+            disk: vec![disk.to_string()],
+            name: output.block.name.clone().unwrap_or_else(|| default_name.to_string()),
+            block: output.block.clone(),
+            span: output.header(),
+        }
+    }
+
+    fn spec(&self) -> VmSpec {
+        VmSpec {
+            name: self.name.clone(),
+            cpus: self.block.cpus.unwrap_or(1),
+            memory_mib: self.block.memory.map(|m| m.0 >> 20).unwrap_or(1024),
+            os: GuestOs::Debian12,
+            description: Some(format!("{} (built by vmbuild)", self.name)),
+        }
+    }
+
+    /// The disk file the step writes (the OVA for `ova`).
+    pub fn file_name(&self) -> String {
+        match self.format.as_str() {
+            "libvirt" => format!("{}.qcow2", self.name),
+            other => format!("{}.{}", self.name, other),
+        }
+    }
+
+    /// The format QEMU opens the main file with, for QA (`ova` is unpacked first).
+    pub fn boot_format(&self) -> &str {
+        match self.format.as_str() {
+            "libvirt" => "qcow2",
+            other => other,
+        }
+    }
+}
+
+/// `sha256sum` of a file, streamed.
+fn sha256_file(path: &Path) -> Result<String, StepError> {
+    let mut file = std::fs::File::open(path).map_err(io_error("read", path))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).map_err(io_error("read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn image_error(error: super::image::ImageError) -> StepError {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    StepError::Unmet(text)
+}
+
+impl Step for OutputStep {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn kind(&self) -> &'static str {
+        "output"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn depends_on(&self) -> &[String] {
+        &self.disk
+    }
+
+    fn params(&self) -> serde_json::Value {
+        json!({ "format": self.format, "name": self.name, "options": self.block })
+    }
+
+    fn artifacts(&self) -> bool {
+        true
+    }
+
+    fn resolve(&self, _ctx: &ResolveContext) -> Result<Resolved, Diagnostic> {
+        if let Err(e) = self.spec().validate() {
+            return Err(Diagnostic::error(format!("`{}` cannot name an output: {e}", self.name)).at(&self.span, "this output"));
+        }
+        if let Some(sub) = &self.block.subformat {
+            if self.format != "vmdk" || !["streamOptimized", "monolithicSparse"].contains(&sub.as_str()) {
+                return Err(Diagnostic::error(format!("`subformat = \"{sub}\"` does not apply here"))
+                    .at(&self.span, "`subformat` is for `vmdk`: `streamOptimized` or `monolithicSparse`"));
+            }
+        }
+        let (program, version) = QEMU_IMG.resolve(&self.span)?;
+        Ok(Resolved {
+            inputs: BTreeMap::new(),
+            tools: BTreeMap::from([(program, version)]),
+        })
+    }
+
+    fn run(&self, ctx: RunContext) -> StepFuture<'_> {
+        Box::pin(async move {
+            let raw = ctx.upstream[&self.disk[0]].join(DISK_FILE);
+            let out = ctx.out.join(self.file_name());
+            let scratch = ctx.scratch.clone();
+            let format = self.format.clone();
+            let spec = self.spec();
+            let options = ConvertOptions {
+                compress: self.block.compress,
+                vmdk_subformat: match self.block.subformat.as_deref() {
+                    Some("monolithicSparse") => VmdkSubformat::MonolithicSparse,
+                    _ => VmdkSubformat::StreamOptimized,
+                },
+                ..ConvertOptions::default()
+            };
+            let out2 = out.clone();
+            let mut files: Vec<PathBuf> = vec![out.clone()];
+            let xml = (format == "libvirt").then(|| libvirt_domain_xml(&spec, Path::new(&self.file_name()), DomainType::Qemu));
+            tokio::task::spawn_blocking(move || match format.as_str() {
+                "ova" => build_ova(&raw, &spec, &out2, &scratch).map(|_| ()),
+                "qcow2" | "libvirt" => convert(&raw, DiskFormat::Qcow2, &options, &out2),
+                "vmdk" => convert(&raw, DiskFormat::Vmdk, &options, &out2),
+                "vdi" => convert(&raw, DiskFormat::Vdi, &options, &out2),
+                _ => convert(&raw, DiskFormat::Raw, &options, &out2),
+            })
+            .await
+            .expect("the conversion task does not panic")
+            .map_err(image_error)?;
+            if let Some(xml) = xml {
+                let path = ctx.out.join(format!("{}.xml", self.name));
+                std::fs::write(&path, xml).map_err(io_error("write", &path))?;
+                files.push(path);
+            }
+            let mut sums = String::new();
+            for file in files {
+                let name = file.file_name().unwrap_or_default().to_string_lossy().to_string();
+                sums.push_str(&format!("{}  {name}\n", sha256_file(&file)?));
+            }
+            let sums_path = ctx.out.join(SHA256SUMS);
+            std::fs::write(&sums_path, sums).map_err(io_error("write", &sums_path))?;
+            Ok(())
+        })
+    }
+}
