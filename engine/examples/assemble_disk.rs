@@ -1,5 +1,6 @@
 //! Runs the disk step by hand: `assemble_disk ROOT OUT.raw [SIZE_MIB] [LABEL]`; set
-//! `VMBUILD_FIRMWARE=uefi` for the BIOS-and-UEFI (GPT) layout.
+//! `VMBUILD_FIRMWARE=uefi` for the BIOS-and-UEFI (GPT) layout, `SOURCE_DATE_EPOCH` for the
+//! times mkfs writes.
 //!
 //! ROOT is edited in place (fstab, grub.cfg, /boot/grub/i386-pc): pass a copy. The UUID
 //! derives from the absolute path of ROOT, so rerunning on the same path gives the same one.
@@ -28,6 +29,9 @@ fn main() {
     if std::env::var("VMBUILD_FIRMWARE").is_ok_and(|f| f == "uefi") {
         spec.firmware = Firmware::BiosAndUefi;
     }
+    spec.timestamp = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .map(|t| t.parse().expect("SOURCE_DATE_EPOCH: seconds"));
     let scratch = tempfile::tempdir().expect("scratch dir");
     let t = Instant::now();
     match assemble_disk(&root, &spec, &out, scratch.path()) {

@@ -28,7 +28,7 @@
 //! would leave them) and `/etc/default/grub.d/50-vmbuild-console.cfg`
 //! (so that `update-grub` keeps the serial console). The guest keeps working with its own
 //! `grub-pc` package afterwards: `grub-probe`, `update-grub` and `grub-install /dev/vda` work
-//! inside it (checked on a booted `Bios` image; not yet on a `BiosAndUefi` one).
+//! inside it, and the disk boots again afterwards (checked on booted images of both layouts).
 //!
 //! Determinism: the UUID, ext4 hash seed and MBR disk signature derive from the spec, the
 //! feature set from a pinned mke2fs.conf, mkfs's own times from `timestamp`, and mkfs -d walks
