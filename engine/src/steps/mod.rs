@@ -4,6 +4,7 @@
 pub mod chroot;
 pub mod command;
 pub mod debootstrap;
+pub mod image;
 pub mod inputs;
 pub mod process;
 pub mod provision_puppet;
