@@ -7,6 +7,8 @@
 //! from `tokio::task::spawn_blocking`.
 
 pub mod convert;
+pub mod ova;
+pub mod ovf;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -17,6 +19,8 @@ pub use convert::{
     check_image, convert, virtual_size, vmdk_header, ConvertOptions, DiskFormat, VmdkAdapter,
     VmdkHeader, VmdkSubformat,
 };
+pub use ova::{build_ova, OvaInfo};
+pub use ovf::ovf_descriptor;
 
 /// Why an image operation failed.
 #[derive(Debug, thiserror::Error)]
