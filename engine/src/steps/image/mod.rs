@@ -7,6 +7,7 @@
 //! from `tokio::task::spawn_blocking`.
 
 pub mod convert;
+pub mod libvirt;
 pub mod ova;
 pub mod ovf;
 
@@ -19,6 +20,7 @@ pub use convert::{
     check_image, convert, virtual_size, vmdk_header, ConvertOptions, DiskFormat, VmdkAdapter,
     VmdkHeader, VmdkSubformat,
 };
+pub use libvirt::{define_libvirt_domain, libvirt_domain_xml, DomainType};
 pub use ova::{build_ova, OvaInfo};
 pub use ovf::ovf_descriptor;
 
