@@ -5,6 +5,7 @@ pub mod chroot;
 pub mod command;
 pub mod debootstrap;
 pub mod disk;
+pub mod image;
 pub mod import;
 pub mod inputs;
 pub mod layers;
