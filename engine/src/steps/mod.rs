@@ -8,6 +8,7 @@ pub mod inputs;
 pub mod process;
 pub mod provision_puppet;
 pub mod provision_shell;
+pub mod qa;
 pub mod system;
 pub mod tools;
 pub mod tree;
