@@ -12,6 +12,7 @@ pub mod layers;
 pub mod process;
 pub mod provision_puppet;
 pub mod provision_shell;
+pub mod qa;
 pub mod system;
 pub mod tools;
 pub mod tree;
