@@ -13,8 +13,10 @@ use crate::steps::debootstrap::DebootstrapStep;
 use crate::steps::disk::step::DiskStep;
 use crate::steps::import::ImportStep;
 use crate::steps::layers::Layer;
+use crate::steps::output::OutputStep;
 use crate::steps::provision_puppet::PuppetProvisionStep;
 use crate::steps::provision_shell::ShellProvisionStep;
+use crate::steps::qa::step::QaStep;
 use crate::steps::system::SystemStep;
 use crate::steps::Step;
 
@@ -105,7 +107,46 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
             };
         }
         let disk = DiskStep::new(template, &last, layers(recipe));
+        let disk_id = disk.id().to_string();
         push(&mut steps, disk);
+        let mut outputs = Vec::new();
+        for output in &recipe.outputs {
+            let step = OutputStep::new(output, &disk_id, &template.name);
+            outputs.push((output.name.clone(), step.id().to_string(), step.file_name()));
+            push(&mut steps, step);
+        }
+        if let Some(qa) = &recipe.qa {
+            for (i, format) in qa.block.formats.iter().enumerate() {
+                if !outputs.iter().any(|(name, _, _)| name == format) {
+                    let span = qa.spans.item("formats", i).unwrap_or(qa.header());
+                    diagnostics.push(
+                        Diagnostic::error(format!(
+                            "QA boots `{format}`, but the recipe has no `output \"{format}\"`"
+                        ))
+                        .at(&span, "not an output of this recipe"),
+                    );
+                }
+            }
+            if outputs.is_empty() {
+                diagnostics.push(
+                    Diagnostic::error("QA boots the recipe's outputs, and it has none")
+                        .at(&qa.header(), "add an `output \"qcow2\" {}` block"),
+                );
+            }
+            for (format, output_id, file) in &outputs {
+                if qa.block.formats.is_empty() || qa.block.formats.contains(format) {
+                    push(&mut steps, QaStep::new(qa, format, output_id, file));
+                }
+            }
+        }
+    }
+    if recipe.templates.is_empty() {
+        for output in &recipe.outputs {
+            diagnostics.push(
+                Diagnostic::error("an output needs a VM: the recipe has no template")
+                    .at(&output.header(), "nothing to convert"),
+            );
+        }
     }
     if recipe.templates.is_empty() {
         for named in recipe.steps.iter().filter(|s| s.block.into.is_some()) {
@@ -130,9 +171,7 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
         .chain(recipe.git_sources.iter().map(|b| ("source", b.header())))
         .chain(recipe.files.iter().map(|b| ("files", b.header())))
         .chain(recipe.configs.iter().map(|b| ("config", b.header())))
-        .chain(recipe.outputs.iter().map(|b| ("output", b.header())))
         .chain(recipe.sanitize.iter().map(|b| ("sanitize", b.header())))
-        .chain(recipe.qa.iter().map(|b| ("qa", b.header())))
         .collect();
     for (kind, span) in unbuilt {
         diagnostics.push(

@@ -9,6 +9,7 @@ pub mod image;
 pub mod import;
 pub mod inputs;
 pub mod layers;
+pub mod output;
 pub mod process;
 pub mod provision_puppet;
 pub mod provision_shell;

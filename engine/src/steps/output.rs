@@ -12,11 +12,11 @@ use sha2::{Digest as _, Sha256};
 
 use super::disk::step::DISK_FILE;
 use super::image::{
-    build_ova, convert, libvirt_domain_xml, ConvertOptions, DiskFormat, DomainType, GuestOs, VmSpec,
-    VmdkSubformat,
+    build_ova, convert, libvirt_domain_xml, ConvertOptions, DiskFormat, DomainType, GuestOs,
+    VmSpec, VmdkSubformat,
 };
 use super::tools::QEMU_IMG;
-use super::{io_error, Resolved, ResolveContext, RunContext, Step, StepError, StepFuture};
+use super::{io_error, ResolveContext, Resolved, RunContext, Step, StepError, StepFuture};
 use crate::diag::{Diagnostic, Span};
 use crate::exec::export::SHA256SUMS;
 use crate::recipe::{Named, OutputBlock};
@@ -36,7 +36,11 @@ impl OutputStep {
             id: format!("output.{}", output.name),
             format: output.name.clone(),
             disk: vec![disk.to_string()],
-            name: output.block.name.clone().unwrap_or_else(|| default_name.to_string()),
+            name: output
+                .block
+                .name
+                .clone()
+                .unwrap_or_else(|| default_name.to_string()),
             block: output.block.clone(),
             span: output.header(),
         }
@@ -121,12 +125,22 @@ impl Step for OutputStep {
 
     fn resolve(&self, _ctx: &ResolveContext) -> Result<Resolved, Diagnostic> {
         if let Err(e) = self.spec().validate() {
-            return Err(Diagnostic::error(format!("`{}` cannot name an output: {e}", self.name)).at(&self.span, "this output"));
+            return Err(
+                Diagnostic::error(format!("`{}` cannot name an output: {e}", self.name))
+                    .at(&self.span, "this output"),
+            );
         }
         if let Some(sub) = &self.block.subformat {
-            if self.format != "vmdk" || !["streamOptimized", "monolithicSparse"].contains(&sub.as_str()) {
-                return Err(Diagnostic::error(format!("`subformat = \"{sub}\"` does not apply here"))
-                    .at(&self.span, "`subformat` is for `vmdk`: `streamOptimized` or `monolithicSparse`"));
+            if self.format != "vmdk"
+                || !["streamOptimized", "monolithicSparse"].contains(&sub.as_str())
+            {
+                return Err(Diagnostic::error(format!(
+                    "`subformat = \"{sub}\"` does not apply here"
+                ))
+                .at(
+                    &self.span,
+                    "`subformat` is for `vmdk`: `streamOptimized` or `monolithicSparse`",
+                ));
             }
         }
         let (program, version) = QEMU_IMG.resolve(&self.span)?;
@@ -153,7 +167,8 @@ impl Step for OutputStep {
             };
             let out2 = out.clone();
             let mut files: Vec<PathBuf> = vec![out.clone()];
-            let xml = (format == "libvirt").then(|| libvirt_domain_xml(&spec, Path::new(&self.file_name()), DomainType::Qemu));
+            let xml = (format == "libvirt")
+                .then(|| libvirt_domain_xml(&spec, Path::new(&self.file_name()), DomainType::Qemu));
             tokio::task::spawn_blocking(move || match format.as_str() {
                 "ova" => build_ova(&raw, &spec, &out2, &scratch).map(|_| ()),
                 "qcow2" | "libvirt" => convert(&raw, DiskFormat::Qcow2, &options, &out2),
@@ -171,7 +186,11 @@ impl Step for OutputStep {
             }
             let mut sums = String::new();
             for file in files {
-                let name = file.file_name().unwrap_or_default().to_string_lossy().to_string();
+                let name = file
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string();
                 sums.push_str(&format!("{}  {name}\n", sha256_file(&file)?));
             }
             let sums_path = ctx.out.join(SHA256SUMS);

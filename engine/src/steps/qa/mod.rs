@@ -10,6 +10,7 @@ pub mod agent;
 pub mod channel;
 pub mod http;
 pub mod qemu;
+pub mod step;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -9,10 +9,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{run_qa, BootSpec};
+use crate::diag::{Diagnostic, Span};
 use crate::recipe::{Named, QaBlock};
 use crate::steps::tools::QEMU_SYSTEM;
-use crate::steps::{io_error, Resolved, ResolveContext, RunContext, Step, StepError, StepFuture};
-use crate::diag::{Diagnostic, Span};
+use crate::steps::{io_error, ResolveContext, Resolved, RunContext, Step, StepError, StepFuture};
 
 pub struct QaStep {
     id: String,
@@ -43,14 +43,21 @@ fn vmdk_of_ova(ova: &Path, scratch: &Path) -> Result<PathBuf, StepError> {
     let mut archive = tar::Archive::new(file);
     for entry in archive.entries().map_err(io_error("read", ova))? {
         let mut entry = entry.map_err(io_error("read", ova))?;
-        let name = entry.path().map_err(io_error("read", ova))?.to_string_lossy().to_string();
+        let name = entry
+            .path()
+            .map_err(io_error("read", ova))?
+            .to_string_lossy()
+            .to_string();
         if name.ends_with(".vmdk") {
             let target = scratch.join(&name);
             entry.unpack(&target).map_err(io_error("unpack", &target))?;
             return Ok(target);
         }
     }
-    Err(StepError::Unmet(format!("`{}` holds no VMDK", ova.display())))
+    Err(StepError::Unmet(format!(
+        "`{}` holds no VMDK",
+        ova.display()
+    )))
 }
 
 impl Step for QaStep {
@@ -104,7 +111,13 @@ impl Step for QaStep {
             std::fs::create_dir_all(&boot_scratch).map_err(io_error("create", &boot_scratch))?;
             let mut spec = BootSpec::new(&disk, &format, &console, &boot_scratch);
             spec.boot_timeout = Duration::from_secs(self.block.timeout.map(|t| t.0).unwrap_or(300));
-            let result = run_qa(&spec, &self.block.http, &self.block.command, ctx.cancel.clone()).await;
+            let result = run_qa(
+                &spec,
+                &self.block.http,
+                &self.block.command,
+                ctx.cancel.clone(),
+            )
+            .await;
             // The console tells what happened: keep it in the log as well.
             if let Ok(text) = std::fs::read_to_string(&console) {
                 let tail: Vec<&str> = text.lines().rev().take(15).collect();
@@ -118,7 +131,12 @@ impl Step for QaStep {
                     let _ = error;
                     return Err(StepError::Cancelled);
                 }
-                Err(error) => return Err(StepError::Unmet(format!("QA of `{}`: {error}", self.format))),
+                Err(error) => {
+                    return Err(StepError::Unmet(format!(
+                        "QA of `{}`: {error}",
+                        self.format
+                    )))
+                }
             };
             let path = ctx.out.join("report.json");
             let text = serde_json::to_string_pretty(&report).expect("a QA report serializes");
@@ -130,7 +148,11 @@ impl Step for QaStep {
                     .filter(|c| !c.passed)
                     .map(|c| format!("{} `{}`: {}", c.kind, c.name, c.detail))
                     .collect();
-                return Err(StepError::Unmet(format!("QA of `{}` failed: {}", self.format, failed.join("; "))));
+                return Err(StepError::Unmet(format!(
+                    "QA of `{}` failed: {}",
+                    self.format,
+                    failed.join("; ")
+                )));
             }
             Ok(())
         })
