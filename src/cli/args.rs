@@ -78,6 +78,9 @@ pub enum Command {
         /// [default: `output/` beside the recipe]
         #[arg(long, value_name = "DIR")]
         output: Option<PathBuf>,
+        /// Define `libvirt` outputs' domains in this libvirt daemon (`qemu:///system`)
+        #[arg(long, value_name = "URI")]
+        libvirt_uri: Option<String>,
     },
     /// Print the step graph
     Graph {

@@ -159,6 +159,7 @@ fn run(args: Args) -> Outcome {
             jobs,
             keep_going,
             output,
+            libvirt_uri,
         } => {
             let store = store_at(&args)?;
             let (loaded, saved) = match read_plan_file(recipe) {
@@ -202,6 +203,7 @@ fn run(args: Args) -> Outcome {
                 *keep_going,
                 &output,
                 plain_variables(&loaded),
+                libvirt_uri.as_deref(),
             )
         }
         Command::Graph {
@@ -334,6 +336,7 @@ fn apply(
     keep_going: bool,
     output: &Path,
     variables: BTreeMap<String, serde_json::Value>,
+    libvirt_uri: Option<&str>,
 ) -> Outcome {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -378,7 +381,7 @@ fn apply(
             return Err(Failure::Reported);
         }
         eprintln!("Apply complete: {} ran, {} cached.", report.ran.len(), report.cached.len());
-        if let Some(exported) = exec::export::export(plan, &report, store, output, variables)? {
+        if let Some(exported) = exec::export::export(plan, &report, store, output, variables, libvirt_uri)? {
             let mut files = exported.copied.clone();
             files.extend(exported.unchanged.iter().cloned());
             files.sort();
@@ -387,6 +390,9 @@ fn apply(
                 exported.dir.display(),
                 files.join(", ")
             );
+            for note in &exported.notes {
+                eprintln!("  {note}");
+            }
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -31,6 +31,12 @@ pub enum ExportError {
         #[source]
         source: std::io::Error,
     },
+    #[error("after exporting `{step}`: {source}")]
+    Step {
+        step: String,
+        #[source]
+        source: crate::steps::StepError,
+    },
     #[error("copying `{from}` to `{to}` failed: {detail}")]
     Copy {
         from: PathBuf,
@@ -80,6 +86,8 @@ pub struct ExportReport {
     pub dir: PathBuf,
     pub copied: Vec<String>,
     pub unchanged: Vec<String>,
+    /// What steps did after the copy (a libvirt domain written and defined).
+    pub notes: Vec<String>,
 }
 
 /// Copy the artifacts of `plan` out of `store` into `dir`, with `SHA256SUMS` and `manifest.json`.
@@ -90,6 +98,7 @@ pub fn export(
     store: &Store,
     dir: &Path,
     variables: BTreeMap<String, serde_json::Value>,
+    libvirt_uri: Option<&str>,
 ) -> Result<Option<ExportReport>, ExportError> {
     let artifact_steps: Vec<_> = plan.steps.iter().filter(|s| s.step.artifacts()).collect();
     if artifact_steps.is_empty() {
@@ -137,6 +146,14 @@ pub fn export(
             state.insert(name.clone(), *output);
             result.copied.push(name);
         }
+        let notes =
+            step.step
+                .after_export(dir, libvirt_uri)
+                .map_err(|source| ExportError::Step {
+                    step: step.id.clone(),
+                    source,
+                })?;
+        result.notes.extend(notes);
     }
     let sums_text: String = sums
         .iter()

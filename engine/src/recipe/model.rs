@@ -317,9 +317,12 @@ pub struct OutputBlock {
     pub cpus: Option<u32>,
     #[serde(default)]
     pub memory: Option<ByteSize>,
-    /// For `libvirt`: a daemon to define the domain in.
+    /// For `libvirt`: a daemon to define the domain in (`qemu:///system`).
     #[serde(default)]
     pub libvirt_uri: Option<String>,
+    /// For `libvirt`: `kvm` (the default) or `qemu` where KVM does not work.
+    #[serde(default)]
+    pub domain_type: Option<String>,
 }
 
 /// The formats an `output` block may name.

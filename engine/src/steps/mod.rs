@@ -144,6 +144,16 @@ pub trait Step: Send + Sync {
     fn artifacts(&self) -> bool {
         false
     }
+    /// Called after the step's artifacts were copied into `dir`: write what refers to their
+    /// final place (a libvirt domain XML) and register them where asked (`libvirt_uri`
+    /// overrides the recipe's). Returns what it did, for people.
+    fn after_export(
+        &self,
+        _dir: &Path,
+        _libvirt_uri: Option<&str>,
+    ) -> Result<Vec<String>, StepError> {
+        Ok(Vec::new())
+    }
     /// Digests of local inputs and tool versions; read-only, runs nothing the recipe names.
     fn resolve(&self, ctx: &ResolveContext) -> Result<Resolved, Diagnostic>;
     /// Fill `ctx.out`.

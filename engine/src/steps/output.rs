@@ -5,15 +5,15 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use super::disk::step::DISK_FILE;
 use super::image::{
-    build_ova, convert, libvirt_domain_xml, ConvertOptions, DiskFormat, DomainType, GuestOs,
-    VmSpec, VmdkSubformat,
+    build_ova, convert, define_libvirt_domain, libvirt_domain_xml, ConvertOptions, DiskFormat,
+    DomainType, GuestOs, VmSpec, VmdkSubformat,
 };
 use super::tools::QEMU_IMG;
 use super::{io_error, ResolveContext, Resolved, RunContext, Step, StepError, StepFuture};
@@ -123,7 +123,44 @@ impl Step for OutputStep {
         true
     }
 
+    fn after_export(
+        &self,
+        dir: &Path,
+        libvirt_uri: Option<&str>,
+    ) -> Result<Vec<String>, StepError> {
+        if self.format != "libvirt" {
+            return Ok(Vec::new());
+        }
+        // The domain names the exported qcow2, where the user keeps it, not the store's copy.
+        let domain_type = match self.block.domain_type.as_deref() {
+            Some("qemu") => DomainType::Qemu,
+            _ => DomainType::Kvm,
+        };
+        let qcow2 =
+            std::path::absolute(dir.join(self.file_name())).map_err(io_error("resolve", dir))?;
+        let xml = libvirt_domain_xml(&self.spec(), &qcow2, domain_type);
+        let path = dir.join(format!("{}.xml", self.name));
+        std::fs::write(&path, &xml).map_err(io_error("write", &path))?;
+        let mut done = vec![format!("{}.xml", self.name)];
+        if let Some(uri) = libvirt_uri.or(self.block.libvirt_uri.as_deref()) {
+            let name = define_libvirt_domain(uri, &xml).map_err(image_error)?;
+            done.push(format!("domain `{name}` defined in `{uri}`"));
+        }
+        Ok(done)
+    }
+
     fn resolve(&self, _ctx: &ResolveContext) -> Result<Resolved, Diagnostic> {
+        if let Some(kind) = self.block.domain_type.as_deref() {
+            if self.format != "libvirt" || !["kvm", "qemu"].contains(&kind) {
+                return Err(Diagnostic::error(format!(
+                    "`domain_type = \"{kind}\"` does not apply here"
+                ))
+                .at(
+                    &self.span,
+                    "`domain_type` is for `libvirt`: `kvm` or `qemu`",
+                ));
+            }
+        }
         if let Err(e) = self.spec().validate() {
             return Err(
                 Diagnostic::error(format!("`{}` cannot name an output: {e}", self.name))
@@ -166,9 +203,6 @@ impl Step for OutputStep {
                 ..ConvertOptions::default()
             };
             let out2 = out.clone();
-            let mut files: Vec<PathBuf> = vec![out.clone()];
-            let xml = (format == "libvirt")
-                .then(|| libvirt_domain_xml(&spec, Path::new(&self.file_name()), DomainType::Qemu));
             tokio::task::spawn_blocking(move || match format.as_str() {
                 "ova" => build_ova(&raw, &spec, &out2, &scratch).map(|_| ()),
                 "qcow2" | "libvirt" => convert(&raw, DiskFormat::Qcow2, &options, &out2),
@@ -179,20 +213,7 @@ impl Step for OutputStep {
             .await
             .expect("the conversion task does not panic")
             .map_err(image_error)?;
-            if let Some(xml) = xml {
-                let path = ctx.out.join(format!("{}.xml", self.name));
-                std::fs::write(&path, xml).map_err(io_error("write", &path))?;
-                files.push(path);
-            }
-            let mut sums = String::new();
-            for file in files {
-                let name = file
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .to_string();
-                sums.push_str(&format!("{}  {name}\n", sha256_file(&file)?));
-            }
+            let sums = format!("{}  {}\n", sha256_file(&out)?, self.file_name());
             let sums_path = ctx.out.join(SHA256SUMS);
             std::fs::write(&sums_path, sums).map_err(io_error("write", &sums_path))?;
             Ok(())
