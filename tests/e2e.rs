@@ -127,6 +127,46 @@ fn the_vm_example_builds_boots_and_rebuilds_only_what_changed() {
     );
     assert!(!second.stderr.contains("template.web.debootstrap: started"));
 
+    // A libvirt output, defined in a real libvirt daemon: only the new output runs.
+    start_libvirtd();
+    let with_libvirt = format!("{recipe}\noutput \"libvirt\" {{\n  domain_type = \"qemu\"\n}}\n");
+    project.recipe(&with_libvirt);
+    let plan = project.plan_json();
+    assert_eq!(action_of(&plan, "template.web.disk"), "cached");
+    assert_eq!(action_of(&plan, "output.libvirt"), "run");
+    let defined = project.run(&["apply", "site.hcl", "--libvirt-uri", "qemu:///system"]);
+    assert_eq!(defined.code, 0, "{}", defined.transcript());
+    assert!(
+        defined
+            .stderr
+            .contains("domain `web` defined in `qemu:///system`"),
+        "{}",
+        defined.stderr
+    );
+    let xml = output.join("web.xml");
+    let validate = Command::new("virt-xml-validate")
+        .arg(&xml)
+        .arg("domain")
+        .output()
+        .unwrap();
+    assert!(
+        validate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
+    let info = Command::new("virsh")
+        .args(["-c", "qemu:///system", "dominfo", "web"])
+        .output()
+        .unwrap();
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let _ = Command::new("virsh")
+        .args(["-c", "qemu:///system", "undefine", "web"])
+        .output();
+
     // A failing provisioner shows its output and exit code, and commits nothing.
     project.recipe(&recipe.replace(
         "provision \"shell\" {\n    script = \"provision/site.sh\"\n  }",
@@ -160,6 +200,30 @@ fn the_vm_example_builds_boots_and_rebuilds_only_what_changed() {
     } else {
         eprintln!("virt-v2v is not installed: the OVA import was not tried");
     }
+}
+
+/// Start libvirt's daemons by hand (there is no init system to do it), if they do not run.
+fn start_libvirtd() {
+    let running = Command::new("virsh")
+        .args(["-c", "qemu:///system", "version"])
+        .output();
+    if running.is_ok_and(|o| o.status.success()) {
+        return;
+    }
+    for daemon in ["virtlogd", "libvirtd"] {
+        let status = Command::new(daemon).arg("-d").status().unwrap();
+        assert!(status.success(), "{daemon} did not start");
+    }
+    for _ in 0..50 {
+        let up = Command::new("virsh")
+            .args(["-c", "qemu:///system", "version"])
+            .output();
+        if up.is_ok_and(|o| o.status.success()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("libvirtd did not answer");
 }
 
 fn which(program: &str) -> bool {

@@ -39,6 +39,7 @@ output "ova" {
 
 qa {
   timeout = "5m"
+  formats = ["qcow2", "ova"]
 
   http "home" {
     path          = "/"

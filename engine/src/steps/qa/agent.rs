@@ -95,6 +95,18 @@ impl Agent {
         }
     }
 
+    /// Ask the guest to power off, through the same `guest-exec` the command checks use
+    /// (`systemctl poweroff`); the caller waits for QEMU to exit.
+    pub async fn shutdown(&mut self) {
+        let _ = self
+            .call(
+                "guest-exec",
+                json!({"path": "/bin/sh", "arg": ["-c", "systemctl poweroff || poweroff"]}),
+                Duration::from_secs(5),
+            )
+            .await;
+    }
+
     /// Run one command and return its `return` value.
     pub async fn call(
         &mut self,

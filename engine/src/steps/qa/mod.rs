@@ -35,7 +35,7 @@ const POWEROFF_GRACE: Duration = Duration::from_secs(60);
 /// Under KVM chosen automatically, a console that stays unchanged this long before the guest
 /// answers means KVM is not really working (nested set-ups that open `/dev/kvm` but never run
 /// the guest's timer): QEMU is restarted under TCG.
-const KVM_STALL: Duration = Duration::from_secs(45);
+const KVM_STALL: Duration = Duration::from_secs(20);
 /// How long an HTTP check keeps retrying while the server says it is not ready yet
 /// (502, 503, 504) or refuses connections on its port.
 const WARMUP_GRACE: Duration = Duration::from_secs(60);
@@ -256,6 +256,7 @@ async fn run_qa_inner(
             }
             Err(Waited::Stalled) => {
                 vm.kill().await;
+                qemu::KVM_STALLED.store(true, std::sync::atomic::Ordering::Relaxed);
                 notes.push(format!(
                     "the guest made no progress under KVM for {} s; restarted under TCG",
                     KVM_STALL.as_secs()
@@ -290,6 +291,7 @@ async fn run_qa_inner(
                 for check in commands {
                     checks.push(run_command_check(&mut a, spec, check).await);
                 }
+                agent = Some(a);
             }
             Err(why) => {
                 for check in commands {
@@ -305,6 +307,16 @@ async fn run_qa_inner(
         }
     }
 
+    // The agent shuts the guest down cleanly whatever handles the power button (a minimal
+    // image has no logind or acpid to act on ACPI's).
+    if agent.is_none() {
+        agent = connect_agent(&vm, Instant::now() + Duration::from_secs(10))
+            .await
+            .ok();
+    }
+    if let Some(agent) = agent.as_mut() {
+        agent.shutdown().await;
+    }
     let shutdown = vm.power_off(POWEROFF_GRACE).await;
     let report = QaReport {
         boot_seconds,

@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -48,12 +49,18 @@ impl Accel {
     /// The accelerators to try, in order.
     pub fn candidates(self) -> Vec<Accel> {
         match self {
-            Accel::Auto if kvm_usable() => vec![Accel::Kvm, Accel::Tcg],
+            Accel::Auto if kvm_usable() && !KVM_STALLED.load(Ordering::Relaxed) => {
+                vec![Accel::Kvm, Accel::Tcg]
+            }
             Accel::Auto | Accel::Tcg => vec![Accel::Tcg],
             Accel::Kvm => vec![Accel::Kvm],
         }
     }
 }
+
+/// Set once a guest made no progress under KVM in this process: later boots go straight to
+/// TCG instead of waiting for the stall again.
+pub static KVM_STALLED: AtomicBool = AtomicBool::new(false);
 
 /// Whether `/dev/kvm` can be opened for reading and writing (QEMU may still fail to use it).
 pub fn kvm_usable() -> bool {
