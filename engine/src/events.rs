@@ -42,6 +42,8 @@ pub enum Event {
         id: String,
         error: String,
         log: Option<PathBuf>,
+        /// The last lines the step printed, already stripped of secrets.
+        tail: Vec<String>,
     },
     /// Not run because a step it depends on failed, or apply was stopped.
     StepSkipped {

@@ -101,12 +101,19 @@ impl Observer for Progress {
                 ));
                 self.update_running(None, Some(id));
             }
-            Event::StepFailed { id, error, log } => {
+            Event::StepFailed { id, error, log, tail } => {
                 let log = log
                     .as_ref()
                     .map(|_| format!("; see `vmbuild log {id}`"))
                     .unwrap_or_default();
-                self.line(&format!("{id}: FAILED: {error}{log}"));
+                let mut text = format!("{id}: FAILED: {error}{log}");
+                if !tail.is_empty() {
+                    text.push_str(&format!("\n  last lines of its output:"));
+                    for line in tail {
+                        text.push_str(&format!("\n  | {line}"));
+                    }
+                }
+                self.line(&text);
                 self.update_running(None, Some(id));
             }
             Event::StepSkipped { id, because } => {

@@ -22,6 +22,9 @@ use crate::plan::{Action, KeyInputs, Plan};
 use crate::steps::{RunContext, StepError};
 use crate::store::{ActionRecord, Store, StoreError};
 
+/// How many of a failed step's last log lines are shown with the failure.
+const FAILURE_TAIL_LINES: usize = 20;
+
 pub struct ApplyOptions {
     /// How many steps may run at once.
     pub jobs: usize,
@@ -280,6 +283,7 @@ impl StepTask {
                     id,
                     error: error.to_string(),
                     log: None,
+                    tail: Vec::new(),
                 });
                 Outcome::Failed(error.to_string())
             }
@@ -347,10 +351,17 @@ impl StepTask {
                 return Ok(Outcome::Cancelled);
             }
             Err(error) => {
+                let text = String::from_utf8_lossy(&log_bytes);
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(FAILURE_TAIL_LINES)..]
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect();
                 self.observer.event(&Event::StepFailed {
                     id,
                     error: error.to_string(),
                     log: Some(log_path),
+                    tail,
                 });
                 return Ok(Outcome::Failed(error.to_string()));
             }
