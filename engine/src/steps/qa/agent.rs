@@ -135,6 +135,14 @@ impl Agent {
         })
     }
 
+    /// Ask the guest to power off (`guest-shutdown`); the agent does not answer on success.
+    pub async fn request_poweroff(&mut self) -> Result<(), AgentError> {
+        self.channel
+            .send(&json!({"execute": "guest-shutdown", "arguments": {"mode": "powerdown"}}))
+            .await?;
+        Ok(())
+    }
+
     /// Run `sh -c script` in the guest and wait up to `limit` for it to exit.
     pub async fn exec_shell(
         &mut self,
