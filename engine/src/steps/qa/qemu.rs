@@ -335,12 +335,13 @@ impl Vm {
             Some(agent) => agent.request_poweroff().await.is_ok(),
             None => false,
         };
-        let pressed = self
+        // Pressed even if the agent was asked: harmless if the guest is already going down.
+        // If neither request went through, QEMU is gone already and the wait ends at once.
+        let _ = self
             .qmp
             .execute("system_powerdown", json!({}), Duration::from_secs(5))
-            .await
-            .is_ok();
-        if (asked_agent || pressed) && timeout(grace, self.child.wait()).await.is_ok() {
+            .await;
+        if timeout(grace, self.child.wait()).await.is_ok() {
             return if asked_agent {
                 Shutdown::Agent
             } else {
