@@ -101,7 +101,12 @@ impl Observer for Progress {
                 ));
                 self.update_running(None, Some(id));
             }
-            Event::StepFailed { id, error, log, tail } => {
+            Event::StepFailed {
+                id,
+                error,
+                log,
+                tail,
+            } => {
                 let log = log
                     .as_ref()
                     .map(|_| format!("; see `vmbuild log {id}`"))

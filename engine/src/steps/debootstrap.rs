@@ -11,11 +11,13 @@ use super::{ResolveContext, Resolved, RunContext, Step, StepError, StepFuture};
 use crate::diag::{Diagnostic, Span};
 use crate::recipe::{Debootstrap, Named, Seg, TemplateBlock};
 
-/// Packages every VM gets, beside the kernel: boot, network by DHCP, and the guest agent that
-/// QA talks to.
+/// Packages every VM gets, beside the kernel: boot, network by DHCP, dbus (for systemd-logind,
+/// which acts on the ACPI power button that VMware's and VirtualBox's "shut down" press), and
+/// the guest agent that QA talks to.
 pub const BASE_PACKAGES: &[&str] = &[
     "systemd-sysv",
     "udev",
+    "dbus",
     "grub-pc",
     "ifupdown",
     "isc-dhcp-client",

@@ -95,18 +95,6 @@ impl Agent {
         }
     }
 
-    /// Ask the guest to power off, through the same `guest-exec` the command checks use
-    /// (`systemctl poweroff`); the caller waits for QEMU to exit.
-    pub async fn shutdown(&mut self) {
-        let _ = self
-            .call(
-                "guest-exec",
-                json!({"path": "/bin/sh", "arg": ["-c", "systemctl poweroff || poweroff"]}),
-                Duration::from_secs(5),
-            )
-            .await;
-    }
-
     /// Run one command and return its `return` value.
     pub async fn call(
         &mut self,
@@ -145,6 +133,33 @@ impl Agent {
             command: command.to_string(),
             answer: answer.to_string(),
         })
+    }
+
+    /// Ask the guest to power off with `guest-shutdown` (no answer on success). The agent
+    /// implements it with a scheduled `shutdown`, which needs systemd-logind; if it answers
+    /// with an error, `systemctl poweroff` (which talks to systemd directly) is run instead.
+    pub async fn request_poweroff(&mut self) -> Result<(), AgentError> {
+        match self
+            .call(
+                "guest-shutdown",
+                json!({"mode": "powerdown"}),
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            // No answer, or the channel closed: the guest is going down.
+            Ok(_) | Err(AgentError::Timeout { .. } | AgentError::Io(_)) => Ok(()),
+            Err(AgentError::Refused { .. } | AgentError::Protocol { .. }) => {
+                let script = "systemctl poweroff || poweroff";
+                self.call(
+                    "guest-exec",
+                    json!({"path": "/bin/sh", "arg": ["-c", script]}),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map(|_| ())
+            }
+        }
     }
 
     /// Run `sh -c script` in the guest and wait up to `limit` for it to exit.

@@ -102,8 +102,11 @@ pub struct QaReport {
     /// `kvm` or `tcg`.
     pub accel: String,
     pub checks: Vec<CheckResult>,
-    /// `acpi` (the guest powered itself off), `quit` or `killed`.
+    /// `agent` or `acpi` (the guest powered off when asked), `quit`, `killed`, or `guest`
+    /// (it had already stopped by itself).
     pub shutdown: String,
+    /// From the power-off request to QEMU's exit.
+    pub shutdown_seconds: f64,
     /// Anything worth knowing: an accelerator fallback, a port collision retried.
     pub notes: Vec<String>,
 }
@@ -255,8 +258,13 @@ async fn run_qa_inner(
                 break;
             }
             Err(Waited::Stalled) => {
+                let killing = Instant::now();
                 vm.kill().await;
                 qemu::KVM_STALLED.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(
+                    seconds = killing.elapsed().as_secs_f64(),
+                    "stalled KVM guest killed"
+                );
                 notes.push(format!(
                     "the guest made no progress under KVM for {} s; restarted under TCG",
                     KVM_STALL.as_secs()
@@ -307,22 +315,41 @@ async fn run_qa_inner(
         }
     }
 
-    // The agent shuts the guest down cleanly whatever handles the power button (a minimal
-    // image has no logind or acpid to act on ACPI's).
+    // The agent powers the guest off whatever handles the power button (a minimal image has
+    // no logind or acpid to act on ACPI's): connect to it if the checks did not.
     if agent.is_none() {
         agent = connect_agent(&vm, Instant::now() + Duration::from_secs(10))
             .await
             .ok();
     }
-    if let Some(agent) = agent.as_mut() {
-        agent.shutdown().await;
+    let stopping = Instant::now();
+    let shutdown = vm.power_off(POWEROFF_GRACE, agent.as_mut()).await;
+    let shutdown_seconds = stopping.elapsed().as_secs_f64();
+    match shutdown {
+        qemu::Shutdown::Guest => notes.push(
+            "QEMU exited during the checks: the guest powered off or crashed by itself (see the \
+             console)"
+                .to_string(),
+        ),
+        qemu::Shutdown::Quit | qemu::Shutdown::Killed => notes.push(format!(
+            "the guest did not power off within {} s of the ACPI power button{}; QEMU was \
+             stopped (a guest needs systemd-logind, which needs dbus, or acpid to honour the \
+             button; or qemu-guest-agent)",
+            POWEROFF_GRACE.as_secs(),
+            if agent.is_some() {
+                " and the guest agent's request"
+            } else {
+                ""
+            }
+        )),
+        qemu::Shutdown::Acpi | qemu::Shutdown::Agent => {}
     }
-    let shutdown = vm.power_off(POWEROFF_GRACE).await;
     let report = QaReport {
         boot_seconds,
         accel: accel.name().to_string(),
         checks,
         shutdown: shutdown.name().to_string(),
+        shutdown_seconds,
         notes,
     };
     if report.passed() {
@@ -722,6 +749,7 @@ mod tests {
                 detail: "expected status 200; got status 404".into(),
             }],
             shutdown: "acpi".into(),
+            shutdown_seconds: 3.0,
             notes: vec![],
         };
         let err = QaError::ChecksFailed {

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout, Instant};
 
+use super::agent::Agent;
 use super::channel::JsonChannel;
 
 /// Which accelerator QEMU uses.
@@ -197,8 +198,13 @@ pub enum StartFailure {
 /// How the guest was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shutdown {
+    /// QEMU had already exited: the guest stopped by itself before it was asked to.
+    Guest,
     /// The guest powered off after an ACPI power-button press.
     Acpi,
+    /// The guest powered off when asked through the guest agent (the ACPI button was pressed
+    /// too).
+    Agent,
     /// QEMU was told to `quit`.
     Quit,
     /// QEMU was killed.
@@ -208,7 +214,9 @@ pub enum Shutdown {
 impl Shutdown {
     pub fn name(self) -> &'static str {
         match self {
+            Shutdown::Guest => "guest",
             Shutdown::Acpi => "acpi",
+            Shutdown::Agent => "agent",
             Shutdown::Quit => "quit",
             Shutdown::Killed => "killed",
         }
@@ -323,18 +331,29 @@ impl Vm {
             .unwrap_or(false)
     }
 
-    /// ACPI power-off, waiting up to `grace` for the guest to stop; then `quit`; then kill.
-    pub async fn power_off(mut self, grace: Duration) -> Shutdown {
+    /// Power off: through the guest agent if there is one (a guest without `systemd-logind`
+    /// or `acpid` ignores the power button) and the ACPI power button, waiting up to `grace`
+    /// for the guest to stop; then QMP `quit`; then kill.
+    pub async fn power_off(mut self, grace: Duration, agent: Option<&mut Agent>) -> Shutdown {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return Shutdown::Acpi;
+            return Shutdown::Guest;
         }
-        let pressed = self
+        let asked_agent = match agent {
+            Some(agent) => agent.request_poweroff().await.is_ok(),
+            None => false,
+        };
+        // Pressed even if the agent was asked: harmless if the guest is already going down.
+        // If neither request went through, QEMU is gone already and the wait ends at once.
+        let _ = self
             .qmp
             .execute("system_powerdown", json!({}), Duration::from_secs(5))
-            .await
-            .is_ok();
-        if pressed && timeout(grace, self.child.wait()).await.is_ok() {
-            return Shutdown::Acpi;
+            .await;
+        if timeout(grace, self.child.wait()).await.is_ok() {
+            return if asked_agent {
+                Shutdown::Agent
+            } else {
+                Shutdown::Acpi
+            };
         }
         let _ = self
             .qmp
