@@ -113,7 +113,7 @@ impl Observer for Progress {
                     .unwrap_or_default();
                 let mut text = format!("{id}: FAILED: {error}{log}");
                 if !tail.is_empty() {
-                    text.push_str(&format!("\n  last lines of its output:"));
+                    text.push_str("\n  last lines of its output:");
                     for line in tail {
                         text.push_str(&format!("\n  | {line}"));
                     }
