@@ -364,6 +364,7 @@ mod tests {
 
     /// Times `build_ova` against `qemu-img convert` + `tar` on a real disk:
     /// `VMBUILD_BENCH_RAW=/path/disk.raw cargo test --release -p vmbuild-engine bench_ova -- --ignored --nocapture`
+    /// (`VMBUILD_BENCH_DIR` for the work folder, `VMBUILD_BENCH_KEEP=1` to keep the outputs).
     #[test]
     #[ignore]
     fn bench_ova() {
@@ -432,5 +433,8 @@ mod tests {
             baseline.as_secs_f64(),
             size
         );
+        if std::env::var_os("VMBUILD_BENCH_KEEP").is_some() {
+            eprintln!("kept {}", dir.keep().display());
+        }
     }
 }
