@@ -244,7 +244,10 @@ fn puppet_provisions_the_template_in_a_chroot_that_is_always_unmounted() {
             "puppet/modules/motd/manifests/init.pp",
             "class motd { file { '/etc/motd': content => \"built by puppet\\n\" } }\n",
         )
-        .file("puppet/site.pp", "include motd\nfile { '/etc/vmbuild-puppet.txt': content => 'ok' }\n")
+        .file(
+            "puppet/site.pp",
+            "include motd\nfile { '/etc/vmbuild-puppet.txt': content => 'ok' }\n",
+        )
         .recipe(
             r#"
 template "pp" {
@@ -267,9 +270,15 @@ template "pp" {
         );
     // The shell provisioner fails on purpose: Puppet's tree is committed, the failure is not.
     let run = project.run(&["apply", "site.hcl"]).code(1);
-    assert!(run.stderr.contains("template.pp.provision.0: done"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("template.pp.provision.0: done"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("exit code 7"), "{}", run.stderr);
-    let shown = project.run(&["show", "template.pp.provision.0", "-r", "site.hcl"]).success();
+    let shown = project
+        .run(&["show", "template.pp.provision.0", "-r", "site.hcl"])
+        .success();
     let tree = shown
         .stdout
         .lines()
@@ -278,9 +287,17 @@ template "pp" {
         .expect("the output folder is shown")
         .to_string();
     let tree = Path::new(&tree);
-    assert_eq!(std::fs::read_to_string(tree.join("etc/vmbuild-puppet.txt")).unwrap(), "ok");
-    assert!(std::fs::read_to_string(tree.join("etc/motd")).unwrap().starts_with("built by puppet"));
-    assert!(!tree.join("tmp/vmbuild-puppet").exists(), "the manifest was left in the image");
+    assert_eq!(
+        std::fs::read_to_string(tree.join("etc/vmbuild-puppet.txt")).unwrap(),
+        "ok"
+    );
+    assert!(std::fs::read_to_string(tree.join("etc/motd"))
+        .unwrap()
+        .starts_with("built by puppet"));
+    assert!(
+        !tree.join("tmp/vmbuild-puppet").exists(),
+        "the manifest was left in the image"
+    );
     // Nothing stays mounted under the store, after success or failure.
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     let store = project.store().display().to_string();

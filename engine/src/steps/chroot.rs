@@ -164,6 +164,43 @@ impl Drop for Chroot {
     }
 }
 
+/// Where the N-th provisioner of a template sits in the graph: its id, the tree step it
+/// follows, and the recipe text it came from.
+pub struct Provisioner {
+    pub id: String,
+    pub after: Vec<String>,
+    pub span: crate::diag::Span,
+}
+
+impl Provisioner {
+    pub fn new(
+        template: &crate::recipe::Named<crate::recipe::TemplateBlock>,
+        index: usize,
+        previous: &str,
+    ) -> Provisioner {
+        use crate::recipe::Seg;
+        Provisioner {
+            id: format!("template.{}.provision.{index}", template.name),
+            after: vec![previous.to_string()],
+            span: template
+                .spans
+                .value(&[Seg::Key("provision".into()), Seg::Index(index)])
+                .unwrap_or_else(|| template.header()),
+        }
+    }
+}
+
+/// Copy the upstream tree into the step's output; the tree a provisioner works on.
+pub fn copy_upstream_tree(ctx: &RunContext) -> Result<(), StepError> {
+    let base = ctx
+        .upstream
+        .values()
+        .next()
+        .cloned()
+        .expect("a provisioner follows its tree");
+    super::tree::copy_tree(&base, &ctx.out)
+}
+
 /// Whether `root/path` is mounted (for tests: nothing must stay mounted).
 pub fn is_mounted(path: &Path) -> bool {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {

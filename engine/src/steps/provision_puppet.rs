@@ -4,18 +4,16 @@
 
 use serde_json::json;
 
-use super::chroot::Chroot;
+use super::chroot::{copy_upstream_tree, Chroot, Provisioner};
 use super::inputs::hash_path;
-use super::tree::copy_tree;
+
 use super::{ResolveContext, Resolved, RunContext, Step, StepError, StepFuture};
-use crate::diag::{Diagnostic, Span};
-use crate::recipe::{Named, PuppetProvision, Seg, TemplateBlock};
+use crate::diag::Diagnostic;
+use crate::recipe::{Named, PuppetProvision, TemplateBlock};
 
 pub struct PuppetProvisionStep {
-    id: String,
-    after: Vec<String>,
+    place: Provisioner,
     options: PuppetProvision,
-    span: Span,
 }
 
 /// Where manifest and modules are put inside the tree while Puppet runs.
@@ -29,20 +27,15 @@ impl PuppetProvisionStep {
         previous: &str,
     ) -> PuppetProvisionStep {
         PuppetProvisionStep {
-            id: format!("template.{}.provision.{index}", template.name),
-            after: vec![previous.to_string()],
+            place: Provisioner::new(template, index, previous),
             options: options.clone(),
-            span: template
-                .spans
-                .value(&[Seg::Key("provision".into()), Seg::Index(index)])
-                .unwrap_or_else(|| template.header()),
         }
     }
 }
 
 impl Step for PuppetProvisionStep {
     fn id(&self) -> &str {
-        &self.id
+        &self.place.id
     }
 
     fn kind(&self) -> &'static str {
@@ -54,7 +47,7 @@ impl Step for PuppetProvisionStep {
     }
 
     fn depends_on(&self) -> &[String] {
-        &self.after
+        &self.place.after
     }
 
     fn params(&self) -> serde_json::Value {
@@ -66,7 +59,7 @@ impl Step for PuppetProvisionStep {
         for path in std::iter::once(&self.options.manifest).chain(&self.options.module_path) {
             let found = hash_path(&ctx.recipe_dir, path).map_err(|e| {
                 Diagnostic::error(format!("cannot read `{path}`: {e}"))
-                    .at(&self.span, "this provisioner")
+                    .at(&self.place.span, "this provisioner")
                     .help("manifests and module paths are relative to the recipe's folder")
             })?;
             resolved.inputs.extend(found);
@@ -76,13 +69,7 @@ impl Step for PuppetProvisionStep {
 
     fn run(&self, ctx: RunContext) -> StepFuture<'_> {
         Box::pin(async move {
-            let base = ctx
-                .upstream
-                .values()
-                .next()
-                .cloned()
-                .expect("a provisioner follows its tree");
-            copy_tree(&base, &ctx.out)?;
+            copy_upstream_tree(&ctx)?;
             if !ctx.out.join("usr/bin/puppet").exists() {
                 return Err(StepError::Unmet(
                     "Puppet is not installed in the template: add `puppet` to the debootstrap block's `packages`, or install it in an earlier shell provisioner".into(),

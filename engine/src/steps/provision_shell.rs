@@ -6,18 +6,16 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::chroot::Chroot;
+use super::chroot::{copy_upstream_tree, Chroot, Provisioner};
 use super::inputs::hash_path;
-use super::tree::{copy_tree, replace_file};
+use super::tree::replace_file;
 use super::{ResolveContext, Resolved, RunContext, Step, StepError, StepFuture};
-use crate::diag::{Diagnostic, Span};
-use crate::recipe::{Named, Seg, ShellProvision, TemplateBlock, Text};
+use crate::diag::Diagnostic;
+use crate::recipe::{Named, ShellProvision, TemplateBlock, Text};
 
 pub struct ShellProvisionStep {
-    id: String,
-    after: Vec<String>,
+    place: Provisioner,
     options: ShellProvision,
-    span: Span,
 }
 
 /// Where the script is put inside the tree while it runs.
@@ -31,20 +29,15 @@ impl ShellProvisionStep {
         previous: &str,
     ) -> ShellProvisionStep {
         ShellProvisionStep {
-            id: format!("template.{}.provision.{index}", template.name),
-            after: vec![previous.to_string()],
+            place: Provisioner::new(template, index, previous),
             options: options.clone(),
-            span: template
-                .spans
-                .value(&[Seg::Key("provision".into()), Seg::Index(index)])
-                .unwrap_or_else(|| template.header()),
         }
     }
 }
 
 impl Step for ShellProvisionStep {
     fn id(&self) -> &str {
-        &self.id
+        &self.place.id
     }
 
     fn kind(&self) -> &'static str {
@@ -56,7 +49,7 @@ impl Step for ShellProvisionStep {
     }
 
     fn depends_on(&self) -> &[String] {
-        &self.after
+        &self.place.after
     }
 
     fn params(&self) -> serde_json::Value {
@@ -79,7 +72,7 @@ impl Step for ShellProvisionStep {
                     Diagnostic::error(format!(
                         "cannot read the provisioning script `{script}`: {e}"
                     ))
-                    .at(&self.span, "this provisioner")
+                    .at(&self.place.span, "this provisioner")
                     .help("scripts are relative to the recipe's folder")
                 })?;
             }
@@ -88,7 +81,7 @@ impl Step for ShellProvisionStep {
                 return Err(Diagnostic::error(
                     "a shell provisioner takes `script` or `inline`, not both, not neither",
                 )
-                .at(&self.span, "this provisioner"))
+                .at(&self.place.span, "this provisioner"))
             }
         }
         Ok(resolved)
@@ -96,13 +89,7 @@ impl Step for ShellProvisionStep {
 
     fn run(&self, ctx: RunContext) -> StepFuture<'_> {
         Box::pin(async move {
-            let base = ctx
-                .upstream
-                .values()
-                .next()
-                .cloned()
-                .expect("a provisioner follows its tree");
-            copy_tree(&base, &ctx.out)?;
+            copy_upstream_tree(&ctx)?;
             let script = match &self.options.script {
                 Some(path) => {
                     let full = ctx.recipe_dir.join(path);
