@@ -91,6 +91,17 @@ pub struct TemplateBlock {
     /// The kernel package (default `linux-image-amd64`).
     #[serde(default)]
     pub kernel: Option<String>,
+    /// `bios` (the default: MBR) or `bios+uefi` (GPT with an EFI system partition).
+    #[serde(default)]
+    pub firmware: Option<Firmware>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum Firmware {
+    #[serde(rename = "bios")]
+    Bios,
+    #[serde(rename = "bios+uefi")]
+    BiosAndUefi,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -30,6 +30,7 @@ pub struct DiskStep {
     depends: Vec<String>,
     size: Option<u64>,
     label: String,
+    firmware: crate::recipe::Firmware,
     span: Span,
 }
 
@@ -44,6 +45,10 @@ impl DiskStep {
             depends,
             size: template.block.disk_size.map(|s| s.0),
             label: "root".into(),
+            firmware: template
+                .block
+                .firmware
+                .unwrap_or(crate::recipe::Firmware::Bios),
             span: template
                 .spans
                 .value(&[Seg::Key("disk_size".into())])
@@ -87,7 +92,7 @@ impl Step for DiskStep {
     }
 
     fn params(&self) -> serde_json::Value {
-        json!({ "size": self.size, "label": self.label, "layers": self.layers })
+        json!({ "size": self.size, "label": self.label, "layers": self.layers, "firmware": self.firmware })
     }
 
     fn resolve(&self, _ctx: &ResolveContext) -> Result<Resolved, Diagnostic> {
@@ -132,7 +137,11 @@ impl Step for DiskStep {
                 "layers": layers.iter().map(|(l, p)| (l, digest_of(p))).collect::<Vec<_>>(),
                 "size": size,
             }));
-            let spec = DiskSpec::new(size, &seed, &self.label);
+            let mut spec = DiskSpec::new(size, &seed, &self.label);
+            spec.firmware = match self.firmware {
+                crate::recipe::Firmware::Bios => super::Firmware::Bios,
+                crate::recipe::Firmware::BiosAndUefi => super::Firmware::BiosAndUefi,
+            };
             let out_raw = ctx.out.join(DISK_FILE);
             let scratch = ctx.scratch.join("disk");
             std::fs::create_dir_all(&scratch).map_err(io_error("create", &scratch))?;
