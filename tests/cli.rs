@@ -312,3 +312,13 @@ fn every_example_is_formatted_and_valid() {
         );
     }
 }
+
+#[test]
+fn apply_output_in_plain_lines() {
+    let project = Project::new();
+    project.recipe(RECIPE);
+    let first = project.run(&["apply", "site.hcl", "--jobs", "1"]).success();
+    snapshot!(&project, "apply-first", first.transcript());
+    let again = project.run(&["apply", "site.hcl", "--jobs", "1"]).success();
+    snapshot!(&project, "apply-null", again.transcript());
+}
