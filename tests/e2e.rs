@@ -128,7 +128,7 @@ fn the_vm_example_builds_boots_and_rebuilds_only_what_changed() {
     assert!(!second.stderr.contains("template.web.debootstrap: started"));
 
     // A libvirt output, defined in a real libvirt daemon: only the new output runs.
-    start_libvirtd();
+    let _daemons = start_libvirtd();
     let with_libvirt = format!("{recipe}\noutput \"libvirt\" {{\n  domain_type = \"qemu\"\n}}\n");
     project.recipe(&with_libvirt);
     let plan = project.plan_json();
