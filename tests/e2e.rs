@@ -180,6 +180,34 @@ fn the_vm_example_builds_boots_and_rebuilds_only_what_changed() {
     assert!(log.stdout.contains("about to fail"), "{}", log.stdout);
     project.run(&["store", "verify"]).success();
 
+    // A template imported from the qcow2 just built: the site's files are in its tree.
+    let imported = Project::new();
+    let qcow2 = output.join("web.qcow2");
+    imported.recipe(&format!(
+        "template \"again\" {{\n  image {{\n    path = \"{}\"\n  }}\n}}\n",
+        qcow2.display()
+    ));
+    let run = imported.run(&["apply", "site.hcl"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    let shown = imported
+        .run(&["show", "template.again.import", "-r", "site.hcl"])
+        .success();
+    let tree = shown
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("output:"))
+        .and_then(|l| l.split('`').nth(1))
+        .expect("the output folder is shown")
+        .to_string();
+    let page = std::fs::read_to_string(Path::new(&tree).join("var/www/html/index.html")).unwrap();
+    assert!(page.contains("Hello from a VM built by vmbuild"));
+    assert!(
+        Path::new(&tree)
+            .join("var/www/html/build-info.txt")
+            .exists(),
+        "the layer was in the disk"
+    );
+
     // The OVA imports as VMware and VirtualBox users' tools would read it.
     if which("virt-v2v") {
         let ova = output.join("vmbuild-demo-1.ova");

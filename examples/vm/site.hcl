@@ -27,6 +27,12 @@ template "web" {
   }
 }
 
+# A layer: this step's output goes into the VM at /var/www/html.
+step "build-info" {
+  command = ["sh", "-c", "echo 'built by vmbuild, release ${var.release}' > $VMBUILD_OUT/build-info.txt"]
+  into    = "/var/www/html"
+}
+
 output "qcow2" {
   compress = true
 }
@@ -50,6 +56,11 @@ qa {
   http "release" {
     path        = "/release.txt"
     expect_body = "release ${var.release}"
+  }
+
+  http "layer" {
+    path        = "/build-info.txt"
+    expect_body = "built by vmbuild"
   }
 
   command "hostname" {
