@@ -42,7 +42,10 @@ maintenance="${FIXTURE_MAINTENANCE_DB:-postgres}"
 psql_admin() { psql -X -q -v ON_ERROR_STOP=1 -d "$maintenance" "$@"; }
 
 psql_admin <<SQL
+SET client_min_messages = warning;
 DROP DATABASE IF EXISTS "$db" WITH (FORCE);
+-- Roles are shared by the cluster: one fixture at a time creates or alters them.
+SELECT pg_advisory_lock(hashtext('vmbuild examples/production roles')) \gset
 DO \$\$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'gus_w') THEN
@@ -55,6 +58,7 @@ END
 \$\$;
 ALTER ROLE gus_w PASSWORD 'gus-w-production-secret';
 ALTER ROLE gus_r PASSWORD 'gus-r-production-secret';
+SELECT pg_advisory_unlock(hashtext('vmbuild examples/production roles')) \gset
 CREATE DATABASE "$db";
 GRANT CONNECT, CREATE ON DATABASE "$db" TO gus_w;
 GRANT CONNECT ON DATABASE "$db" TO gus_r;
