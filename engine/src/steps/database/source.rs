@@ -90,7 +90,17 @@ pub struct Allowlist {
 fn reason(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => db.message().to_string(),
-        None => e.to_string(),
+        None => {
+            // The driver's own text ("error connecting to server") and what caused it.
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 
@@ -314,7 +324,8 @@ pub async fn fingerprint(
     };
     let query = query.trim().trim_end_matches(';');
     // As a subquery: one SELECT only, its rows as text whatever their column types.
-    let sql = format!("SELECT fingerprint_row::text FROM ({query}) AS fingerprint_row");
+    // On lines of their own, so that a trailing `-- comment` in the query comments out nothing.
+    let sql = format!("SELECT fingerprint_row::text FROM (\n{query}\n) AS fingerprint_row");
     let rows = client
         .query(sql.as_str(), &[])
         .await
@@ -580,7 +591,7 @@ async fn try_advisory(
     let row = client
         .query_opt(
             "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), \
-                    coalesce(a.client_addr::text, 'local'), a.backend_start::text \
+                    coalesce(host(a.client_addr), 'a local socket'), a.backend_start::text \
              FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
                AND l.classid::bigint = $1 AND l.objid::bigint = $2 \
@@ -820,6 +831,7 @@ mod tests {
         );
         let err = connect(&url).await.unwrap_err();
         let text = err.to_string();
+        eprintln!("{text}");
         assert!(matches!(err, SourceError::Authentication { .. }), "{text}");
         assert!(
             text.starts_with("authentication failed for the source `env(\"X\")`"),
@@ -837,6 +849,7 @@ mod tests {
         );
         let err = connect(&url).await.unwrap_err();
         let text = err.to_string();
+        eprintln!("{text}");
         assert!(matches!(err, SourceError::Unreachable { .. }), "{text}");
         assert!(text.contains("env(\"Y\")"), "{text}");
         assert!(!text.contains(wrong) && !text.contains("someone"), "{text}");
@@ -847,6 +860,7 @@ mod tests {
             format!("postgres://someone:{wrong}@127.0.0.1/postgres?sslmode=require"),
         );
         let err = connect(&url).await.unwrap_err();
+        eprintln!("{err}");
         assert!(matches!(err, SourceError::TlsRequired { .. }), "{err}");
         assert!(!err.to_string().contains(wrong));
     }
@@ -861,6 +875,7 @@ mod tests {
             column: "name".into(),
         };
         let err = resolve_allowlist(&client, &missing, &[]).await.unwrap_err();
+        eprintln!("{err}");
         assert!(matches!(err, SourceError::MissingRegistry { .. }), "{err}");
         assert!(err.to_string().contains("`core.nosuchinfo`"), "{err}");
         let no_column = Schemas::Registry {
@@ -885,7 +900,7 @@ mod tests {
         let q = "SELECT release, instance_nickname FROM apidb.instancemetainfo;";
         let fp = fingerprint(&client, Some(q)).await.expect("fingerprint");
         assert_eq!(fp.as_deref(), Some("(68,toxoprod)"));
-        let q = "SELECT n FROM genes.gene_count UNION ALL SELECT 1";
+        let q = "SELECT n FROM genes.gene_count UNION ALL SELECT 1 -- the count";
         let fp = fingerprint(&client, Some(q)).await.expect("fingerprint");
         assert_eq!(fp.as_deref(), Some("(1)\n(3000)"));
         // The session is read-only: a write in disguise fails.
@@ -943,6 +958,7 @@ mod tests {
             .expect("timeout");
         assert!(started.elapsed() >= Duration::from_secs(2));
         let text = err.to_string();
+        eprintln!("{text}");
         assert!(matches!(err, SourceError::LockTimeout { .. }), "{text}");
         let (_, since) = claim_row(&other).await;
         assert!(text.contains(tm), "{text}");
@@ -1035,6 +1051,7 @@ mod tests {
             .err()
             .expect("timeout");
         let text = err.to_string();
+        eprintln!("{text}");
         assert!(matches!(err, SourceError::LockTimeout { .. }), "{text}");
         assert!(
             text.contains(&format!("session pid {pid} `other-exporter`")),
