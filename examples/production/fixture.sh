@@ -3,8 +3,8 @@
 #
 #   examples/production/fixture.sh [--size small|large] [--db NAME]
 #
-# Connects with the usual libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD...) as a role that
-# may create databases and roles, drops the database NAME (default `toxodb_production`) and
+# Connects with the usual libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD...) as a superuser
+# (it creates roles and objects they own), drops the database NAME (default `toxodb_production`) and
 # creates it again: idempotent. It holds what a clone must carry (schemas registered in
 # core.databaseinfo, a tuning table behind a view, a data schema with an invariant across two
 # tables) and what a clone must never carry (a staff schema, the workflow schema, user accounts
