@@ -1,0 +1,3 @@
+//! Database cloning: the production source (PostgreSQL).
+
+pub mod source;
