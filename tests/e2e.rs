@@ -230,24 +230,40 @@ fn the_vm_example_builds_boots_and_rebuilds_only_what_changed() {
     }
 }
 
-/// Start libvirt's daemons by hand (there is no init system to do it), if they do not run.
-fn start_libvirtd() {
-    let running = Command::new("virsh")
-        .args(["-c", "qemu:///system", "version"])
-        .output();
-    if running.is_ok_and(|o| o.status.success()) {
-        return;
+/// libvirt's daemons, started by hand (there is no init system to do it) and stopped on drop.
+struct Daemons(Vec<&'static str>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for daemon in &self.0 {
+            if let Ok(pid) = std::fs::read_to_string(format!("/run/{daemon}.pid")) {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+            }
+        }
     }
+}
+
+fn libvirtd_answers() -> bool {
+    Command::new("virsh")
+        .args(["-c", "qemu:///system", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Start libvirtd and virtlogd unless they run already.
+fn start_libvirtd() -> Daemons {
+    if libvirtd_answers() {
+        return Daemons(Vec::new());
+    }
+    let mut started = Daemons(Vec::new());
     for daemon in ["virtlogd", "libvirtd"] {
         let status = Command::new(daemon).arg("-d").status().unwrap();
         assert!(status.success(), "{daemon} did not start");
+        started.0.push(daemon);
     }
     for _ in 0..50 {
-        let up = Command::new("virsh")
-            .args(["-c", "qemu:///system", "version"])
-            .output();
-        if up.is_ok_and(|o| o.status.success()) {
-            return;
+        if libvirtd_answers() {
+            return started;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
