@@ -284,6 +284,8 @@ async fn dump_in_snapshot(
         source,
     })?;
 
+    // pg_dump's archive formats record every object's owner even with --no-owner.
+    strip_owner_names(&target.join("toc.dat"))?;
     // Which tables have their data in the dump, from its table of contents.
     let with_data = tables_with_data(&target).await?;
     let mut row_counts = BTreeMap::new();
@@ -346,6 +348,129 @@ fn parse_table_data(listing: &str) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// Blank the owner name of every entry of a directory-format dump's `toc.dat`, so that no
+/// production role name is stored (pg_restore then sets no owner even without --no-owner).
+/// Returns how many names were blanked.
+fn strip_owner_names(toc: &Path) -> Result<usize, DumpError> {
+    let bytes = std::fs::read(toc).map_err(io("read", toc))?;
+    let (rewritten, count) = blank_owners(&bytes).map_err(|why| DumpError::Source {
+        action: "rewrite the dump's table of contents",
+        message: why,
+    })?;
+    let temporary = toc.with_extension("dat.vmbuild");
+    std::fs::write(&temporary, rewritten).map_err(io("write", &temporary))?;
+    std::fs::rename(&temporary, toc).map_err(io("replace", toc))?;
+    Ok(count)
+}
+
+/// A reader of pg_dump's archive header and table of contents (`pg_backup_archiver.c`): an
+/// int is a sign byte then `int_size` little-endian bytes; a string is an int length (-1 for
+/// none) then its bytes.
+struct TocReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    int_size: usize,
+}
+
+impl TocReader<'_> {
+    fn byte(&mut self) -> Result<u8, String> {
+        let b = *self.buf.get(self.pos).ok_or("truncated")?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn int(&mut self) -> Result<i64, String> {
+        let negative = self.byte()? != 0;
+        let mut value: i64 = 0;
+        for i in 0..self.int_size {
+            value |= i64::from(self.byte()?) << (8 * i);
+        }
+        Ok(if negative { -value } else { value })
+    }
+
+    /// A string's byte range, `None` for a null string.
+    fn string(&mut self) -> Result<Option<std::ops::Range<usize>>, String> {
+        let len = self.int()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let start = self.pos;
+        let end = start
+            .checked_add(usize::try_from(len).map_err(|_| "bad length")?)
+            .filter(|end| *end <= self.buf.len())
+            .ok_or("truncated string")?;
+        self.pos = end;
+        Ok(Some(start..end))
+    }
+}
+
+/// `toc` with every entry's owner replaced by an empty string, and how many were replaced.
+fn blank_owners(toc: &[u8]) -> Result<(Vec<u8>, usize), String> {
+    if toc.len() < 11 || &toc[..5] != b"PGDMP" {
+        return Err("not a pg_dump archive".into());
+    }
+    let (major, minor) = (toc[5], toc[6]);
+    if major != 1 || !(12..=16).contains(&minor) {
+        return Err(format!("archive version {major}.{minor} is not supported"));
+    }
+    let mut r = TocReader {
+        buf: toc,
+        pos: 8,
+        int_size: usize::from(toc[8]),
+    };
+    r.pos = 11; // int size, offset size, format
+    if minor >= 15 {
+        r.byte()?; // compression algorithm
+    } else {
+        r.int()?; // compression level
+    }
+    for _ in 0..7 {
+        r.int()?; // creation time
+    }
+    for _ in 0..3 {
+        r.string()?; // database name, server and pg_dump versions
+    }
+    let entries = r.int()?;
+    let mut owners = Vec::new();
+    for _ in 0..entries {
+        r.int()?; // dump id
+        r.int()?; // has data
+        for _ in 0..4 {
+            r.string()?; // table oid, oid, tag, desc
+        }
+        r.int()?; // section
+        for _ in 0..5 {
+            r.string()?; // defn, drop, copy, namespace, tablespace
+        }
+        if minor >= 14 {
+            r.string()?; // table access method
+        }
+        if minor >= 16 {
+            r.int()?; // relkind
+        }
+        let start = r.pos;
+        if r.string()?.is_some() {
+            owners.push(start..r.pos);
+        }
+        r.string()?; // "with oids"
+        while r.string()?.is_some() {} // dependencies, up to a null string
+        r.string()?; // the entry's data file (directory format)
+    }
+    if r.pos != toc.len() {
+        return Err("unexpected bytes after the table of contents".into());
+    }
+    let empty = vec![0u8; 1 + r.int_size];
+    let mut out = Vec::with_capacity(toc.len());
+    let mut last = 0;
+    for range in &owners {
+        out.extend_from_slice(&toc[last..range.start]);
+        out.extend_from_slice(&empty);
+        last = range.end;
+    }
+    out.extend_from_slice(&toc[last..]);
+    Ok((out, owners.len()))
+}
+
 /// Total size of the regular files under `dir`.
 pub(super) fn folder_size(dir: &Path) -> Result<u64, DumpError> {
     let mut total = 0;
@@ -378,6 +503,66 @@ mod tests {
         assert_eq!(literal_pattern("keep"), "\"keep\"");
         assert_eq!(literal_pattern("We\"ird.*"), "\"We\"\"ird.*\"");
         assert_eq!(pgpass_field("a:b\\c"), "a\\:b\\\\c");
+    }
+
+    /// A one-entry directory-format TOC of archive version 1.14, as pg_dump 15 writes it.
+    fn synthetic_toc(owner: &str) -> Vec<u8> {
+        fn int(out: &mut Vec<u8>, v: i64) {
+            out.push(u8::from(v < 0));
+            out.extend_from_slice(&(v.unsigned_abs() as u32).to_le_bytes());
+        }
+        fn string(out: &mut Vec<u8>, s: Option<&str>) {
+            match s {
+                Some(s) => {
+                    int(out, s.len() as i64);
+                    out.extend_from_slice(s.as_bytes());
+                }
+                None => int(out, -1),
+            }
+        }
+        let mut t = b"PGDMP".to_vec();
+        t.extend_from_slice(&[1, 14, 0, 4, 8, 3]);
+        int(&mut t, -1);
+        for v in [1, 2, 3, 4, 5, 126, 0] {
+            int(&mut t, v);
+        }
+        for s in ["src", "15.18", "15.18"] {
+            string(&mut t, Some(s));
+        }
+        int(&mut t, 1);
+        int(&mut t, 3339);
+        int(&mut t, 1);
+        for s in ["0", "16829", "t", "TABLE DATA"] {
+            string(&mut t, Some(s));
+        }
+        int(&mut t, 3);
+        for s in [
+            Some(""),
+            Some(""),
+            Some("COPY keep.t (i) FROM stdin;\n"),
+            Some("keep"),
+            None,
+        ] {
+            string(&mut t, s);
+        }
+        string(&mut t, Some(""));
+        string(&mut t, Some(owner));
+        string(&mut t, Some("false"));
+        string(&mut t, Some("215"));
+        string(&mut t, None);
+        string(&mut t, Some("3339.dat.gz"));
+        t
+    }
+
+    #[test]
+    fn owner_names_are_blanked() {
+        let (out, count) = blank_owners(&synthetic_toc("prod_owner")).expect("parses");
+        assert_eq!(count, 1);
+        assert_eq!(out, synthetic_toc(""));
+        let mut trailing = synthetic_toc("x");
+        trailing.push(0);
+        assert!(blank_owners(&trailing).is_err());
+        assert!(blank_owners(b"PGDMP").is_err());
     }
 
     #[test]
