@@ -1034,6 +1034,79 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_snapshot_exported_by_the_caller_is_dumped_and_counted() {
+        if template_root().is_none() {
+            return;
+        }
+        host_sql(
+            "postgres",
+            "DROP DATABASE IF EXISTS vmbuild_src_snap; DROP ROLE IF EXISTS prod_snap;
+             CREATE ROLE prod_snap LOGIN PASSWORD 'snap-Secret-2231';
+             CREATE DATABASE vmbuild_src_snap OWNER prod_snap;",
+        );
+        host_sql(
+            "vmbuild_src_snap",
+            "SET ROLE prod_snap; CREATE SCHEMA keep;
+             CREATE TABLE keep.t AS SELECT generate_series(1, 10) AS i;",
+        );
+        let url_text = "postgresql://prod_snap:snap-Secret-2231@127.0.0.1:5432/vmbuild_src_snap";
+        let (holder, conn) = tokio_postgres::connect(url_text, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        holder
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .expect("begin");
+        let snapshot: String = holder
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .expect("export")
+            .get(0);
+        host_sql(
+            "vmbuild_src_snap",
+            "INSERT INTO keep.t SELECT generate_series(11, 15);",
+        );
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let ctx = test_ctx(dir.path());
+        let url = Secret::new("t", url_text);
+        let dumped = dump(
+            &DumpSpec {
+                url: &url,
+                schemas: &["keep".to_string()],
+                exclude_table_data: &[],
+                jobs: 2,
+                snapshot: Some(snapshot),
+            },
+            dir.path(),
+            &ctx,
+        )
+        .await
+        .expect("dump");
+        assert_eq!(
+            dumped.row_counts["keep.t"], 10,
+            "counted in the caller's snapshot"
+        );
+        let data = Command::new("pg_restore")
+            .args(["--data-only", "--file=-"])
+            .arg(dir.path().join("dump"))
+            .output()
+            .expect("pg_restore");
+        let text = String::from_utf8_lossy(&data.stdout);
+        let rows = text
+            .split("FROM stdin;\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\\.").next())
+            .map(|block| block.lines().filter(|l| !l.is_empty()).count());
+        assert_eq!(rows, Some(10), "dumped in the caller's snapshot");
+        drop(holder);
+        host_sql(
+            "postgres",
+            "DROP DATABASE vmbuild_src_snap WITH (FORCE); DROP ROLE prod_snap;",
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_failed_load_leaves_nothing_mounted_or_running() {
         let Some(template) = template_root() else {
             return;
