@@ -274,18 +274,12 @@ pub async fn load(
             return Err(LoadError::Missing(PathBuf::from(needed)));
         }
     }
-    if !template
+    // Debian's cluster configuration, made by the package's postinst when it created a cluster.
+    let has_debian_config = template
         .join("etc/postgresql")
         .join(&major)
         .join("main")
-        .is_dir()
-    {
-        // A tree whose package install created no cluster: the layer would lack Debian's
-        // cluster configuration. Not handled yet; say so rather than make a silent half.
-        return Err(LoadError::Missing(
-            Path::new("etc/postgresql").join(&major).join("main"),
-        ));
-    }
+        .is_dir();
 
     // The layer's data directory, owned by the guest's postgres.
     let pg_home = out_layer.join("var/lib/postgresql");
@@ -514,6 +508,9 @@ pub async fn load(
     // It records the loading options, which mean nothing in the guest.
     let opts = data.join("postmaster.opts");
     std::fs::remove_file(&opts).map_err(io("remove", &opts))?;
+    if !has_debian_config {
+        debian_config(out_layer, &data, &major, ids)?;
+    }
     let report_path = run.join("report.json");
     let report = std::fs::read_to_string(&report_path).map_err(io("read", &report_path))?;
     drop(mounts);
@@ -522,6 +519,55 @@ pub async fn load(
         row_counts,
         pg_version,
     })
+}
+
+/// Make the cluster a Debian one, as `pg_createcluster` would, for a template that has none:
+/// initdb's configuration files move to `etc/postgresql/<major>/main` in the layer, with the
+/// settings Debian's tools (`pg_ctlcluster`, the systemd unit) expect.
+fn debian_config(
+    out_layer: &Path,
+    data: &Path,
+    major: &str,
+    ids: (u32, u32),
+) -> Result<(), LoadError> {
+    let etc = out_layer.join("etc/postgresql");
+    owned_dir(&etc, ids, 0o755)?;
+    owned_dir(&etc.join(major), ids, 0o755)?;
+    let conf = etc.join(major).join("main");
+    owned_dir(&conf, ids, 0o755)?;
+    owned_dir(&conf.join("conf.d"), ids, 0o755)?;
+    for name in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
+        let from = data.join(name);
+        let to = conf.join(name);
+        std::fs::rename(&from, &to).map_err(io("move", &from))?;
+    }
+    let settings = format!(
+        "\n# vmbuild: the layout of a Debian cluster, as pg_createcluster writes it\n\
+         data_directory = '/var/lib/postgresql/{major}/main'\n\
+         hba_file = '/etc/postgresql/{major}/main/pg_hba.conf'\n\
+         ident_file = '/etc/postgresql/{major}/main/pg_ident.conf'\n\
+         external_pid_file = '/var/run/postgresql/{major}-main.pid'\n\
+         port = 5432\n\
+         unix_socket_directories = '/var/run/postgresql'\n\
+         cluster_name = '{major}/main'\n\
+         include_dir = 'conf.d'\n"
+    );
+    let main_conf = conf.join("postgresql.conf");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&main_conf)
+        .map_err(io("open", &main_conf))?;
+    std::io::Write::write_all(&mut file, settings.as_bytes()).map_err(io("write", &main_conf))?;
+    for (name, text) in [
+        ("start.conf", "auto\n"),
+        ("pg_ctl.conf", "pg_ctl_options = ''\n"),
+        ("environment", ""),
+    ] {
+        let path = conf.join(name);
+        std::fs::write(&path, text).map_err(io("write", &path))?;
+        std::os::unix::fs::chown(&path, Some(ids.0), Some(ids.1)).map_err(io("chown", &path))?;
+    }
+    Ok(())
 }
 
 fn parse_report(text: &str) -> Result<(BTreeMap<String, i64>, String), LoadError> {
@@ -1104,6 +1150,89 @@ mod tests {
             "postgres",
             "DROP DATABASE vmbuild_src_snap WITH (FORCE); DROP ROLE prod_snap;",
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_template_without_a_cluster_gets_debian_configuration_in_the_layer() {
+        let Some(template) = template_root() else {
+            return;
+        };
+        // The template seen through an overlay that hides its cluster configuration.
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let (upper, work, merged) = (
+            dir.path().join("u"),
+            dir.path().join("w"),
+            dir.path().join("m"),
+        );
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir(d).expect("mkdir");
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            template.display(),
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .expect("overlay");
+        let major = find_major(&template).expect("major");
+        let result = async {
+            std::fs::remove_dir_all(merged.join("etc/postgresql").join(&major)).expect("hide the cluster");
+            // A dump to load: the other tests' source would race; a tiny one from the host.
+            host_sql("postgres", "DROP DATABASE IF EXISTS vmbuild_src_nocluster; CREATE DATABASE vmbuild_src_nocluster;");
+            host_sql("vmbuild_src_nocluster", "CREATE SCHEMA keep; CREATE TABLE keep.t AS SELECT 1 AS i;");
+            let dump_dir = dir.path().join("dump");
+            let status = Command::new("runuser")
+                .args(["-u", "postgres", "--", "pg_dump", "-Fd", "-n", "keep", "-f", "/tmp/vmbuild-nocluster-dump", "vmbuild_src_nocluster"])
+                .status()
+                .expect("pg_dump");
+            assert!(status.success());
+            std::fs::rename("/tmp/vmbuild-nocluster-dump", &dump_dir).or_else(|_| {
+                Command::new("mv").arg("/tmp/vmbuild-nocluster-dump").arg(&dump_dir).status().map(|_| ())
+            }).expect("move the dump");
+            let ctx = test_ctx(dir.path());
+            let layer = dir.path().join("layer");
+            std::fs::create_dir(&layer).expect("mkdir");
+            let password = Secret::new("t", "app-Pass-7777");
+            let loaded = load(
+                &LoadSpec { template_root: &merged, dump_dir: &dump_dir, database: "site", role: "webapp", password: &password, jobs: 1 },
+                &layer,
+                &ctx,
+            )
+            .await;
+            (loaded, layer)
+        }
+        .await;
+        nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH)
+            .expect("unmount the overlay");
+        host_sql("postgres", "DROP DATABASE vmbuild_src_nocluster;");
+        let (loaded, layer) = result;
+        let loaded = loaded.expect("load");
+        assert_eq!(loaded.row_counts["keep.t"], 1);
+        let conf = layer.join(format!("etc/postgresql/{major}/main"));
+        let text = std::fs::read_to_string(conf.join("postgresql.conf")).expect("postgresql.conf");
+        assert!(text.contains(&format!(
+            "data_directory = '/var/lib/postgresql/{major}/main'"
+        )));
+        for name in [
+            "pg_hba.conf",
+            "pg_ident.conf",
+            "start.conf",
+            "pg_ctl.conf",
+            "environment",
+        ] {
+            assert!(conf.join(name).is_file(), "{name}");
+        }
+        assert!(!layer
+            .join(format!("var/lib/postgresql/{major}/main/postgresql.conf"))
+            .exists());
+        nothing_mounted_under(&[dir.path(), &template]);
     }
 
     #[tokio::test(flavor = "multi_thread")]
