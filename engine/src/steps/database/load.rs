@@ -235,6 +235,8 @@ fn check_name(name: &str) -> Result<(), LoadError> {
         "longer than 63 bytes"
     } else if name.chars().any(|c| c.is_control()) {
         "contains a control character"
+    } else if name.contains('=') {
+        "contains `=` (PostgreSQL's tools take such a name for a connection string)"
     } else {
         return Ok(());
     };
@@ -1232,6 +1234,71 @@ mod tests {
         assert!(!layer
             .join(format!("var/lib/postgresql/{major}/main/postgresql.conf"))
             .exists());
+        nothing_mounted_under(&[dir.path(), &template]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_cancelled_load_stops_its_server_and_unmounts() {
+        let Some(template) = template_root() else {
+            return;
+        };
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let ctx = test_ctx(dir.path());
+        let empty_dump = dir.path().join("dump");
+        std::fs::create_dir(&empty_dump).expect("mkdir");
+        let layer = dir.path().join("layer");
+        std::fs::create_dir(&layer).expect("mkdir");
+        let major = find_major(&template).expect("major");
+        let pid_file = layer.join(format!("var/lib/postgresql/{major}/main/postmaster.pid"));
+        // Cancel as soon as the server accepts connections.
+        let canceller = {
+            let cancel = ctx.cancel.clone();
+            let pid_file = pid_file.clone();
+            tokio::spawn(async move {
+                let mut pid = None;
+                while pid.is_none() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // The postmaster's status line says `ready` (initdb's backend has no such line).
+                    pid = std::fs::read_to_string(&pid_file)
+                        .ok()
+                        .filter(|t| t.lines().nth(7).map(str::trim) == Some("ready"))
+                        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+                }
+                cancel.cancel();
+                pid
+            })
+        };
+        let password = Secret::new("t", "app-Pass-4242");
+        let err = load(
+            &LoadSpec {
+                template_root: &template,
+                dump_dir: &empty_dump,
+                database: "site",
+                role: "webapp",
+                password: &password,
+                jobs: 1,
+            },
+            &layer,
+            &ctx,
+        )
+        .await
+        .expect_err("cancelled");
+        let pid = canceller.await.expect("canceller").expect("the server ran");
+        eprintln!("{err}");
+        assert!(
+            matches!(
+                err,
+                LoadError::Command {
+                    source: StepError::Cancelled,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
+            "the server still runs"
+        );
         nothing_mounted_under(&[dir.path(), &template]);
     }
 
