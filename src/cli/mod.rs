@@ -292,6 +292,8 @@ fn run(args: Args) -> Outcome {
             }
             // gc needs the store to itself: it waits for running applies to finish.
             let _exclusive = store.lock_exclusive()?;
+            // A killed build may have left mounts in its staging folder; nothing runs now.
+            engine::steps::chroot::unmount_below(&store.root().join("tmp"));
             let report = store.gc(&keep, *keep_last)?;
             println!(
                 "removed {} records, {} trees, {} blobs ({}); kept {} records",

@@ -338,6 +338,10 @@ impl StepTask {
             }),
         };
         let result = self.step.run(ctx).await;
+        if result.is_err() {
+            // A killed command may leave mounts behind (debootstrap mounts /proc in its target).
+            crate::steps::chroot::unmount_below(&staging.dir);
+        }
         let log_path = self.store.log_path(&self.namespace, &id);
         let log_bytes = std::fs::read(&staging.log).unwrap_or_default();
         // The latest log of the step, also of a failed run, for `vmbuild log`.

@@ -201,6 +201,25 @@ pub fn copy_upstream_tree(ctx: &RunContext) -> Result<(), StepError> {
     super::tree::copy_tree(&base, &ctx.out)
 }
 
+/// Unmount (lazily, deepest first) everything mounted at or below `path`: what a killed
+/// debootstrap or provisioner may leave in a staging folder, which could not be removed
+/// otherwise.
+pub fn unmount_below(path: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let prefix = path.display().to_string();
+    let mut targets: Vec<&str> = mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .filter(|target| *target == prefix || target.starts_with(&format!("{prefix}/")))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for target in targets {
+        let _ = umount2(Path::new(target), MntFlags::MNT_DETACH);
+    }
+}
+
 /// Whether `root/path` is mounted (for tests: nothing must stay mounted).
 pub fn is_mounted(path: &Path) -> bool {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
@@ -210,4 +229,44 @@ pub fn is_mounted(path: &Path) -> bool {
     mounts
         .lines()
         .any(|line| line.split_whitespace().nth(1) == Some(target.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmount_below_removes_every_mount_under_a_folder() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (outer, inner) = (
+            dir.path().join("root/proc"),
+            dir.path().join("root/proc/sub"),
+        );
+        std::fs::create_dir_all(&outer).unwrap();
+        mount(
+            Some("tmpfs"),
+            &outer,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        std::fs::create_dir_all(&inner).unwrap();
+        mount(
+            Some("tmpfs"),
+            &inner,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        assert!(is_mounted(&outer) && is_mounted(&inner));
+        unmount_below(dir.path());
+        assert!(!is_mounted(&outer) && !is_mounted(&inner));
+        std::fs::remove_dir_all(dir.path().join("root")).unwrap();
+    }
 }
