@@ -1,7 +1,8 @@
 //! QA against a real boot under QEMU. Runs only when `VMBUILD_TEST_QA_IMAGE` names a bootable
 //! raw image that serves HTTP on port 80 (the default nginx page); set
 //! `VMBUILD_TEST_QA_AGENT=1` as well if the image has `qemu-guest-agent`, to test command
-//! checks. Without the variable, each test prints a note and passes.
+//! checks. The tests are ignored by default: `cargo test --test qa_boot -- --ignored` with the
+//! variables set. CI covers QA through the end-to-end tests instead.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -64,6 +65,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "boots a VM: run with --ignored and VMBUILD_TEST_QA_IMAGE=IMAGE.raw (the e2e tests cover QA in CI)"]
 async fn boots_and_passes_checks() {
     let Some(image) = image() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -113,6 +115,7 @@ async fn boots_and_passes_checks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "boots a VM: run with --ignored and VMBUILD_TEST_QA_IMAGE=IMAGE.raw (the e2e tests cover QA in CI)"]
 async fn a_wrong_body_fails_naming_the_check_and_quoting_the_console() {
     let Some(image) = image() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -155,6 +158,7 @@ async fn a_wrong_body_fails_naming_the_check_and_quoting_the_console() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "boots a VM: run with --ignored and VMBUILD_TEST_QA_IMAGE=IMAGE.raw (the e2e tests cover QA in CI)"]
 async fn a_guest_that_never_answers_times_out_with_the_console() {
     let Some(image) = image() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -175,6 +179,7 @@ async fn a_guest_that_never_answers_times_out_with_the_console() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "boots a VM: run with --ignored and VMBUILD_TEST_QA_IMAGE=IMAGE.raw (the e2e tests cover QA in CI)"]
 async fn cancelling_kills_qemu() {
     let Some(image) = image() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
