@@ -299,7 +299,15 @@ template "pp" {
     suite    = "bookworm"
     packages = ["puppet"]
   }
-  kernel = "linux-image-cloud-amd64"
+  kernel   = "linux-image-cloud-amd64"
+  hostname = "puppet-test"
+  updates  = true
+
+  user {
+    name                = "admin"
+    groups              = ["sudo"]
+    ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyForTheTestOnly admin@example.org"]
+  }
 
   provision "puppet" {
     manifest    = "puppet/site.pp"
@@ -341,6 +349,32 @@ template "pp" {
     assert!(
         !tree.join("tmp/vmbuild-puppet").exists(),
         "the manifest was left in the image"
+    );
+    // The template's own settings: host name, the user with sudo and a key, and updates applied
+    // (apt reached the mirror from the chroot).
+    assert_eq!(
+        std::fs::read_to_string(tree.join("etc/hostname")).unwrap(),
+        "puppet-test\n"
+    );
+    let passwd = std::fs::read_to_string(tree.join("etc/passwd")).unwrap();
+    assert!(passwd.lines().any(|l| l.starts_with("admin:")), "{passwd}");
+    let group = std::fs::read_to_string(tree.join("etc/group")).unwrap();
+    assert!(
+        group
+            .lines()
+            .any(|l| l.starts_with("sudo:") && l.contains("admin")),
+        "{group}"
+    );
+    let keys = std::fs::read_to_string(tree.join("home/admin/.ssh/authorized_keys")).unwrap();
+    assert!(keys.contains("admin@example.org"));
+    assert!(
+        tree.join("usr/sbin/sshd").exists(),
+        "openssh-server comes with a key"
+    );
+    assert_eq!(
+        std::fs::read(tree.join("etc/machine-id")).unwrap(),
+        b"",
+        "each VM makes its own"
     );
     // Nothing stays mounted under the store, after success or failure.
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();

@@ -134,6 +134,10 @@ fn convert_inner(
             );
             args.push(OsStr::new("-o"));
             args.push(OsStr::new(&vmdk_options));
+            // A streamOptimized VMDK stores grains in the order they are written: with qemu-img's
+            // parallel requests that order, and so the file, varies from run to run. One request
+            // at a time makes it reproducible (compression is single-threaded anyway).
+            args.extend(["-m", "1"].map(OsStr::new));
         }
         _ => {}
     }
