@@ -134,10 +134,6 @@ fn convert_inner(
             );
             args.push(OsStr::new("-o"));
             args.push(OsStr::new(&vmdk_options));
-            // A streamOptimized VMDK stores grains in the order they are written: with qemu-img's
-            // parallel requests that order, and so the file, varies from run to run. One request
-            // at a time makes it reproducible (compression is single-threaded anyway).
-            args.extend(["-m", "1"].map(OsStr::new));
         }
         _ => {}
     }
@@ -214,6 +210,8 @@ pub struct VmdkHeader {
     pub descriptor: String,
     /// Where the descriptor starts in the file, in bytes.
     descriptor_offset: u64,
+    /// The bytes reserved for the descriptor in the file.
+    descriptor_capacity: usize,
 }
 
 impl VmdkHeader {
@@ -265,39 +263,57 @@ pub fn vmdk_header(path: &Path) -> Result<VmdkHeader, ImageError> {
         compress_algorithm: u16::from_le_bytes([header[77], header[78]]),
         descriptor: String::from_utf8_lossy(&descriptor[..end]).into_owned(),
         descriptor_offset,
+        descriptor_capacity: descriptor.len(),
     })
 }
 
-/// Replace the random `CID=` of a VMDK descriptor by a digest of the rest of the descriptor,
-/// in place (same length), so that converting the same disk twice gives the same bytes.
-fn fix_vmdk_cid(path: &Path) -> Result<(), ImageError> {
-    let header = vmdk_header(path)?;
-    let Some(at) = header
-        .descriptor
+/// The descriptor with its random `CID=` replaced by a digest of the rest of the descriptor.
+/// qemu-img prints the CID without leading zeros (`CID=1ad5b6c`), so the value is 1 to 8 hex
+/// digits; the result always has 8. `None` when there is no such line.
+fn with_stable_cid(descriptor: &str) -> Option<String> {
+    let at = descriptor
         .match_indices("CID=")
         .map(|(i, _)| i)
-        .find(|&i| i == 0 || header.descriptor.as_bytes()[i - 1] == b'\n')
-    else {
-        return Ok(());
-    };
+        .find(|&i| i == 0 || descriptor.as_bytes()[i - 1] == b'\n')?;
     let value_at = at + 4;
-    let old = header.descriptor.get(value_at..value_at + 8).unwrap_or("");
-    if old.len() != 8 || !old.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Ok(());
+    let value_len = descriptor[value_at..]
+        .find('\n')
+        .unwrap_or(descriptor.len() - value_at);
+    let old = &descriptor[value_at..value_at + value_len];
+    if old.is_empty() || old.len() > 8 || !old.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
     }
-    let mut canonical = header.descriptor.clone();
-    canonical.replace_range(value_at..value_at + 8, "00000000");
-    let digest = blake3::hash(canonical.as_bytes());
+    let with = |value: &str| {
+        let mut text = descriptor.to_string();
+        text.replace_range(value_at..value_at + value_len, value);
+        text
+    };
+    let digest = blake3::hash(with("00000000").as_bytes());
     let mut cid = u32::from_le_bytes(digest.as_bytes()[..4].try_into().unwrap_or_default());
     if cid == u32::MAX {
         cid = 1;
+    }
+    Some(with(&format!("{cid:08x}")))
+}
+
+/// Replace the random `CID=` of a VMDK's descriptor in place (see [`with_stable_cid`]), so that
+/// converting the same disk twice gives the same bytes.
+fn fix_vmdk_cid(path: &Path) -> Result<(), ImageError> {
+    let header = vmdk_header(path)?;
+    let Some(descriptor) = with_stable_cid(&header.descriptor) else {
+        return Ok(());
+    };
+    // The descriptor may grow by the leading zeros qemu-img left out; it stays NUL-padded
+    // within its reserved sectors.
+    if descriptor.len() > header.descriptor_capacity {
+        return Ok(());
     }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(io_err("open", path))?;
-    file.seek(SeekFrom::Start(header.descriptor_offset + value_at as u64))
-        .and_then(|_| file.write_all(format!("{cid:08x}").as_bytes()))
+    file.seek(SeekFrom::Start(header.descriptor_offset))
+        .and_then(|_| file.write_all(descriptor.as_bytes()))
         .map_err(io_err("write the descriptor of", path))?;
     Ok(())
 }
@@ -306,6 +322,23 @@ fn fix_vmdk_cid(path: &Path) -> Result<(), ImageError> {
 mod tests {
     use super::super::testutil::{make_raw, raw_digest_of, sha256_file, RAW_SIZE};
     use super::*;
+
+    #[test]
+    fn the_stable_cid_ignores_the_random_one_whatever_its_length() {
+        let descriptor = |cid: &str| {
+            format!("# Disk DescriptorFile\nversion=1\nCID={cid}\nparentCID=ffffffff\ncreateType=\"streamOptimized\"\n")
+        };
+        let eight = with_stable_cid(&descriptor("06a2004b")).unwrap();
+        let seven = with_stable_cid(&descriptor("1ad5b6c")).unwrap();
+        assert_eq!(eight, seven);
+        assert_eq!(eight.len(), descriptor("06a2004b").len());
+        assert!(!eight.contains("CID=06a2004b"));
+        assert_eq!(with_stable_cid("version=1\n"), None);
+        // The parent's CID is not the disk's.
+        assert!(with_stable_cid(&descriptor("1ad5b6c"))
+            .unwrap()
+            .contains("parentCID=ffffffff"));
+    }
 
     fn convert_to(
         raw: &Path,
