@@ -33,15 +33,33 @@ pub const GRUB_MKIMAGE: Tool = Tool {
     program: "grub-mkimage",
     package: "grub2-common",
 };
+pub const MKFS_FAT: Tool = Tool {
+    program: "mkfs.fat",
+    package: "dosfstools",
+};
+pub const MMD: Tool = Tool {
+    program: "mmd",
+    package: "mtools",
+};
+pub const MCOPY: Tool = Tool {
+    program: "mcopy",
+    package: "mtools",
+};
 pub const CP: Tool = Tool {
     program: "cp",
     package: "coreutils",
 };
 
 impl Tool {
-    /// The program's path on `PATH`.
+    /// The program's path: `PATH` first, then the usual system folders (a non-login root
+    /// shell often lacks `/usr/sbin`, where mkfs lives).
     pub fn find(&self) -> Option<PathBuf> {
-        super::process::find_program(self.program, std::path::Path::new("/"))
+        super::process::find_program(self.program, std::path::Path::new("/")).or_else(|| {
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .map(|dir| std::path::Path::new(dir).join(self.program))
+                .find(|candidate| is_executable(candidate))
+        })
     }
 
     /// `(program, version)` for a key, or a diagnostic naming the package to install.
@@ -58,6 +76,13 @@ impl Tool {
         }
         Ok((self.program.to_string(), package_version(self.package)))
     }
+}
+
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// The installed version of a Debian package, or `unknown`.

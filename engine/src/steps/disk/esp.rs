@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::tool::{MCOPY, MKFS_FAT, MMD};
+use super::tool::{DiskTool, MCOPY, MKFS_FAT, MMD};
 use super::DiskError;
 
 /// The ESP to make.

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use super::tool::MKFS_EXT4;
+use super::tool::{DiskTool, MKFS_EXT4};
 use super::DiskError;
 
 /// Block size of the filesystem; partition sizes are multiples of it.

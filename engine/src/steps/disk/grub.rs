@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::mbr::{BOOT_CODE_END, SECTOR};
-use super::tool::GRUB_MKIMAGE;
+use super::tool::{DiskTool, GRUB_MKIMAGE};
 use super::DiskError;
 
 /// boot.img: the 64-bit LBA of core.img's first sector (`GRUB_BOOT_MACHINE_KERNEL_SECTOR`).

@@ -150,9 +150,7 @@ impl Step for DiskStep {
                 tokio::task::spawn_blocking(move || assemble_disk(&root2, &spec, &out2, &scratch2))
                     .await
                     .expect("the disk task does not panic")
-                    .map_err(|e| {
-                        StepError::Unmet(format!("assembling the disk: {}", error_chain(&e)))
-                    })?;
+                    .map_err(|e| StepError::unmet("assembling the disk: ", &e))?;
             let packages = std::process::Command::new("dpkg-query")
                 .arg(format!(
                     "--admindir={}",
@@ -179,14 +177,4 @@ impl Step for DiskStep {
             Ok(())
         })
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }

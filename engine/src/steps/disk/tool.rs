@@ -3,68 +3,36 @@
 //! that says which command failed, how, and the end of what it wrote on stderr.
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use super::DiskError;
-
-/// An external program and the Debian package that provides it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Tool {
-    pub program: &'static str,
-    pub package: &'static str,
-}
-
-pub(crate) const MKFS_EXT4: Tool = Tool {
-    program: "mkfs.ext4",
-    package: "e2fsprogs",
-};
-
-pub(crate) const GRUB_MKIMAGE: Tool = Tool {
-    program: "grub-mkimage",
-    package: "grub2-common",
-};
-
-pub(crate) const MKFS_FAT: Tool = Tool {
-    program: "mkfs.fat",
-    package: "dosfstools",
-};
-
-pub(crate) const MMD: Tool = Tool {
-    program: "mmd",
-    package: "mtools",
-};
-
-pub(crate) const MCOPY: Tool = Tool {
-    program: "mcopy",
-    package: "mtools",
-};
+pub(crate) use crate::steps::tools::{Tool, GRUB_MKIMAGE, MCOPY, MKFS_EXT4, MKFS_FAT, MMD};
 
 /// How many bytes of stderr a failure keeps.
 const STDERR_TAIL: usize = 2000;
 
-impl Tool {
-    /// The absolute path of the program: `PATH` first, then the usual system directories
-    /// (a non-login root shell often lacks `/usr/sbin`, where mkfs lives).
-    pub fn locate(&self) -> Result<PathBuf, DiskError> {
-        let from_env = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .unwrap_or_default();
-        let fallback = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from);
-        from_env
-            .into_iter()
-            .chain(fallback)
-            .map(|dir| dir.join(self.program))
-            .find(|candidate| is_executable(candidate))
-            .ok_or(DiskError::ToolMissing {
-                program: self.program,
-                package: self.package,
-            })
+/// Running a [`Tool`] the way the disk step needs: missing and failing tools as [`DiskError`]s.
+pub(crate) trait DiskTool {
+    fn locate(&self) -> Result<PathBuf, DiskError>;
+    fn run<I, S>(&self, args: I, envs: &[(&str, &OsStr)]) -> Result<Vec<u8>, DiskError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>;
+}
+
+impl DiskTool for Tool {
+    /// The absolute path of the program (see [`Tool::find`]).
+    fn locate(&self) -> Result<PathBuf, DiskError> {
+        self.find().ok_or(DiskError::ToolMissing {
+            program: self.program,
+            package: self.package,
+        })
     }
 
     /// Runs the program with `args` and `envs` (added to a cleared-locale environment) and
     /// returns its stdout. A non-zero exit is an error carrying the stderr tail.
-    pub fn run<I, S>(&self, args: I, envs: &[(&str, &OsStr)]) -> Result<Vec<u8>, DiskError>
+    fn run<I, S>(&self, args: I, envs: &[(&str, &OsStr)]) -> Result<Vec<u8>, DiskError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -89,13 +57,6 @@ impl Tool {
         }
         Ok(output.stdout)
     }
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
 }
 
 /// A command line for messages: program and arguments, space-separated.
