@@ -112,6 +112,19 @@ pub enum StepError {
     },
 }
 
+impl StepError {
+    /// A library error as a step failure: its message and every cause, `: `-separated.
+    pub fn unmet(prefix: &str, error: &dyn std::error::Error) -> StepError {
+        let mut text = format!("{prefix}{error}");
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        StepError::Unmet(text)
+    }
+}
+
 /// A `map_err` adapter: an I/O error while doing `action` on `path`.
 pub fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StepError {
     let path = path.to_path_buf();

@@ -89,13 +89,7 @@ fn sha256_file(path: &Path) -> Result<String, StepError> {
 }
 
 fn image_error(error: super::image::ImageError) -> StepError {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    StepError::Unmet(text)
+    StepError::unmet("", &error)
 }
 
 impl Step for OutputStep {
