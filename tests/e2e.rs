@@ -189,22 +189,11 @@ fn the_vm_example_builds_boots_and_rebuilds_only_what_changed() {
     ));
     let run = imported.run(&["apply", "site.hcl"]);
     assert_eq!(run.code, 0, "{}", run.transcript());
-    let shown = imported
-        .run(&["show", "template.again.import", "-r", "site.hcl"])
-        .success();
-    let tree = shown
-        .stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("output:"))
-        .and_then(|l| l.split('`').nth(1))
-        .expect("the output folder is shown")
-        .to_string();
-    let page = std::fs::read_to_string(Path::new(&tree).join("var/www/html/index.html")).unwrap();
+    let tree = imported.output_tree("template.again.import");
+    let page = std::fs::read_to_string(tree.join("var/www/html/index.html")).unwrap();
     assert!(page.contains("Hello from a VM built by vmbuild"));
     assert!(
-        Path::new(&tree)
-            .join("var/www/html/build-info.txt")
-            .exists(),
+        tree.join("var/www/html/build-info.txt").exists(),
         "the layer was in the disk"
     );
 
@@ -328,17 +317,7 @@ template "pp" {
         run.stderr
     );
     assert!(run.stderr.contains("exit code 7"), "{}", run.stderr);
-    let shown = project
-        .run(&["show", "template.pp.provision.0", "-r", "site.hcl"])
-        .success();
-    let tree = shown
-        .stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("output:"))
-        .and_then(|l| l.split('`').nth(1))
-        .expect("the output folder is shown")
-        .to_string();
-    let tree = Path::new(&tree);
+    let tree = project.output_tree("template.pp.provision.0");
     assert_eq!(
         std::fs::read_to_string(tree.join("etc/vmbuild-puppet.txt")).unwrap(),
         "ok"

@@ -132,6 +132,18 @@ impl Project {
             .collect()
     }
 
+    /// The committed output folder of `step` of `site.hcl`, as `vmbuild show` prints it.
+    pub fn output_tree(&self, step: &str) -> PathBuf {
+        let shown = self.run(&["show", step, "-r", "site.hcl"]).success();
+        let folder = shown
+            .stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("output:"))
+            .and_then(|l| l.split('`').nth(1))
+            .unwrap_or_else(|| panic!("no output folder for {step} in:\n{}", shown.stdout));
+        PathBuf::from(folder)
+    }
+
     /// Every file under the store, with its bytes, for leak checks.
     pub fn store_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
         walk(&self.store())
