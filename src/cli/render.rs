@@ -32,6 +32,9 @@ pub fn plan_text(summary: &PlanSummary) -> String {
         );
         out.push_str(line.trim_end());
         out.push('\n');
+        for detail in &step.details {
+            out.push_str(&format!("            {detail}\n"));
+        }
     }
     if summary.steps.is_empty() {
         out.push_str("  (the recipe has no steps)\n");
@@ -64,6 +67,21 @@ pub fn plan_markdown(summary: &PlanSummary) -> String {
             "| `{}` | {} | {action} | {why} |\n",
             step.id, step.kind
         ));
+    }
+    let detailed: Vec<_> = summary
+        .steps
+        .iter()
+        .filter(|s| !s.details.is_empty())
+        .collect();
+    if !detailed.is_empty() {
+        out.push_str("\n<details><summary>What plan resolved</summary>\n\n");
+        for step in detailed {
+            out.push_str(&format!("- `{}`\n", step.id));
+            for detail in &step.details {
+                out.push_str(&format!("  - {}\n", detail.replace('|', "\\|")));
+            }
+        }
+        out.push_str("\n</details>\n");
     }
     out
 }

@@ -22,6 +22,18 @@ pub struct KeyInputs {
     pub inputs: BTreeMap<String, Digest>,
     pub upstream: BTreeMap<String, Digest>,
     pub tools: BTreeMap<String, String>,
+    /// Set for a step that runs on every apply: unique to this vmbuild process, so its key is
+    /// never found in the store, and left out of [`KeyInputs::own_digest`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+/// A value unique to this process, the same for all its plans and applies.
+fn process_nonce() -> String {
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NONCE
+        .get_or_init(|| format!("{:032x}", rand::random::<u128>()))
+        .clone()
 }
 
 impl KeyInputs {
@@ -37,6 +49,7 @@ impl KeyInputs {
             inputs: resolved.inputs.clone(),
             upstream,
             tools: resolved.tools.clone(),
+            nonce: step.always_runs().map(|_| process_nonce()),
         }
     }
 
@@ -49,6 +62,7 @@ impl KeyInputs {
     pub fn own_digest(&self) -> Digest {
         let mut own = self.clone();
         own.upstream.clear();
+        own.nonce = None;
         own.key()
     }
 }
@@ -174,6 +188,7 @@ mod tests {
             inputs: BTreeMap::new(),
             upstream: BTreeMap::new(),
             tools: BTreeMap::new(),
+            nonce: None,
         }
     }
 

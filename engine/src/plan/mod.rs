@@ -37,6 +37,8 @@ pub enum Reason {
     OutputMissing,
     /// What differs from the last build.
     Changed(Vec<Change>),
+    /// The step runs on every apply, for this reason.
+    AlwaysRuns(&'static str),
     /// Upstream steps will run first; the key is known only once their outputs are.
     Pending {
         upstream: Vec<String>,
@@ -56,6 +58,7 @@ impl std::fmt::Display for Reason {
                 let text: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
                 f.write_str(&text.join(", "))
             }
+            Reason::AlwaysRuns(why) => f.write_str(why),
             Reason::Pending { upstream, changes } => {
                 let names: Vec<String> = upstream.iter().map(|u| format!("`{u}`")).collect();
                 let mut text = format!("after {} runs", names.join(", "));
@@ -219,7 +222,10 @@ impl Plan {
                     .and_then(|r| serde_json::from_value(r.key_inputs.clone()).ok());
                 Ok((last, inputs))
             };
-            let (key, action, reason, record) = if pending.is_empty() {
+            let (key, action, reason, record) = if let Some(why) = step.always_runs() {
+                let key = pending.is_empty().then(|| inputs.key());
+                (key, Action::Run, Some(Reason::AlwaysRuns(why)), None)
+            } else if pending.is_empty() {
                 let key = inputs.key();
                 match store.get_action(&key)? {
                     Some(record) => (Some(key), Action::Cached, None, Some(record)),
@@ -311,6 +317,7 @@ impl Plan {
                         _ => vec![],
                     },
                     depends_on: s.depends_on.clone(),
+                    details: s.step.details(),
                 })
                 .collect(),
             run: self.to_run(),
@@ -344,6 +351,9 @@ pub struct StepSummary {
     #[serde(default, skip_deserializing)]
     pub changes: Vec<Change>,
     pub depends_on: Vec<String>,
+    /// What the step resolved at plan time, for people (a database's schema allowlist).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
 }
 
 impl PlanSummary {

@@ -168,6 +168,17 @@ pub trait Step: Send + Sync {
     ) -> Result<Vec<String>, StepError> {
         Ok(Vec::new())
     }
+    /// What plan shows under the step, one line each (`schemas: apidb, core`), known after
+    /// [`Step::resolve`]. Never a secret.
+    fn details(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Why the step runs on every apply, if it does: its inputs cannot be fingerprinted at plan
+    /// time (a database without a fingerprint query). Its dependents are still cached when its
+    /// output comes out the same.
+    fn always_runs(&self) -> Option<&'static str> {
+        None
+    }
     /// Digests of local inputs and tool versions; read-only, runs nothing the recipe names.
     fn resolve(&self, ctx: &ResolveContext) -> Result<Resolved, Diagnostic>;
     /// Fill `ctx.out`.
