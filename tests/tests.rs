@@ -6,6 +6,7 @@ mod support;
 mod caching;
 mod cli;
 mod crash;
+mod databases;
 mod diagnostics;
 mod e2e;
 mod parallel;

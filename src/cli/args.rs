@@ -61,6 +61,9 @@ pub enum Command {
         /// Exit 2 when something would run, 0 when everything is cached
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Only this step and what it depends on (repeatable), such as `database.toxo.dump`
+        #[arg(long = "target", value_name = "STEP")]
+        targets: Vec<String>,
     },
     /// Run what is out of date
     Apply {
@@ -68,6 +71,9 @@ pub enum Command {
         recipe: PathBuf,
         #[command(flatten)]
         vars: VarArgs,
+        /// Only this step and what it depends on (repeatable), such as `database.toxo.dump`
+        #[arg(long = "target", value_name = "STEP")]
+        targets: Vec<String>,
         /// Steps to run at once [default: the number of cores]
         #[arg(long, short = 'j')]
         jobs: Option<usize>,

@@ -94,6 +94,21 @@ fn plan(recipe: &Recipe, store: &Store) -> Result<Plan, Failure> {
     })
 }
 
+/// The plan of `recipe`, only `targets` and what they depend on when there are any.
+fn plan_targets(recipe: &Recipe, store: &Store, targets: &[String]) -> Result<Plan, Failure> {
+    let mut plan = plan(recipe, store)?;
+    plan.retain_targets(targets).map_err(|unknown| {
+        let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+        let hint = engine::diag::did_you_mean(&unknown, ids.iter().copied()).unwrap_or_default();
+        Failure::Message(
+            format!("--target `{unknown}`: the recipe has no such step. {hint}")
+                .trim_end()
+                .to_string(),
+        )
+    })?;
+    Ok(plan)
+}
+
 /// The non-sensitive variables, as saved in a plan file.
 fn plain_variables(recipe: &Recipe) -> BTreeMap<String, serde_json::Value> {
     recipe
@@ -126,10 +141,11 @@ fn run(args: Args) -> Outcome {
             format,
             out,
             detailed_exitcode,
+            targets,
         } => {
             let store = store_at(&args)?;
             let loaded = load(recipe, vars)?;
-            let plan = plan(&loaded, &store)?;
+            let plan = plan_targets(&loaded, &store, targets)?;
             let summary = plan.summary(plain_variables(&loaded));
             let text = match format {
                 PlanFormat::Text => render::plan_text(&summary),
@@ -156,6 +172,7 @@ fn run(args: Args) -> Outcome {
         Command::Apply {
             recipe,
             vars,
+            targets,
             jobs,
             keep_going,
             output,
@@ -183,7 +200,7 @@ fn run(args: Args) -> Outcome {
                 }
                 None => (load(recipe, vars)?, None),
             };
-            let plan = plan(&loaded, &store)?;
+            let plan = plan_targets(&loaded, &store, targets)?;
             if let Some(saved) = saved {
                 let now = plan.summary(plain_variables(&loaded));
                 if let Some(why) = saved.staleness(&now) {
@@ -439,6 +456,15 @@ fn show(plan: &Plan, store: &Store, id: &str) -> Outcome {
             }
             if let Some(reason) = reason {
                 println!("  why:         {reason}");
+            }
+            if let Ok(Some(last)) = store.get_ref(&plan.namespace, &step.id) {
+                if store.tree_path(&last.output).is_dir() {
+                    println!(
+                        "  last output: {} (`{}`)",
+                        last.output,
+                        store.tree_path(&last.output).display()
+                    );
+                }
             }
         }
     }

@@ -19,6 +19,8 @@ use crate::store::Store;
 
 /// The name of the file, in an output step's tree, holding SHA-256 digests of its artifacts.
 pub const SHA256SUMS: &str = "SHA256SUMS";
+/// The file, in a step's output, with what the step reports of its run for the manifest.
+pub const STEP_REPORT: &str = "report.json";
 /// What the export folder remembers of the last export, to skip unchanged copies.
 const EXPORT_STATE: &str = ".vmbuild-export.json";
 
@@ -64,6 +66,10 @@ pub struct ManifestStep {
     pub params: serde_json::Value,
     pub inputs: BTreeMap<String, Digest>,
     pub tools: BTreeMap<String, String>,
+    /// What the step reported of its run (`report.json` in its output): a database dump's
+    /// schemas and row counts, a load's rows per table, source against clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
 }
 
 /// What a build was made of: enough for `vmbuild diff` to say what changed between two.
@@ -176,6 +182,10 @@ pub fn export(
                 params: s.step.params(),
                 inputs: s.resolved.inputs.clone(),
                 tools: s.resolved.tools.clone(),
+                report: report.outputs.get(&s.id).and_then(|output| {
+                    let path = store.tree_path(output).join(STEP_REPORT);
+                    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+                }),
             })
             .collect(),
         packages: packages(plan, report, store),

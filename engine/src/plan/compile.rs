@@ -7,8 +7,11 @@
 use std::sync::Arc;
 
 use crate::diag::{Diagnostic, Diagnostics, Span};
+use crate::recipe::{DatabaseBlock, DatabaseEngine, Named};
 use crate::recipe::{Provision, Recipe, Seg};
 use crate::steps::command::CommandStep;
+use crate::steps::database::dump_step::DumpStep;
+use crate::steps::database::load_step::{LoadStep, Origin, PlannedDatabase};
 use crate::steps::debootstrap::DebootstrapStep;
 use crate::steps::disk::step::DiskStep;
 use crate::steps::import::ImportStep;
@@ -34,10 +37,12 @@ fn layers(recipe: &Recipe) -> Vec<Layer> {
         .steps
         .iter()
         .filter_map(|s| {
-            s.block.into.as_ref().map(|into| Layer {
-                id: format!("step.{}", s.name),
-                into: into.clone(),
-                replaces: s.block.replaces.clone(),
+            s.block.into.as_ref().map(|into| {
+                Layer::new(
+                    format!("step.{}", s.name),
+                    into.clone(),
+                    s.block.replaces.clone(),
+                )
             })
         })
         .collect()
@@ -106,7 +111,12 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
                 }
             };
         }
-        let disk = DiskStep::new(template, &last, layers(recipe));
+        let mut layers = layers(recipe);
+        if let Some(load) = databases(recipe, &last, &mut steps, &mut diagnostics) {
+            push(&mut steps, load);
+            layers.insert(0, LoadStep::layer());
+        }
+        let disk = DiskStep::new(template, &last, layers);
         let disk_id = disk.id().to_string();
         push(&mut steps, disk);
         let mut outputs = Vec::new();
@@ -164,11 +174,21 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
             );
         }
     }
+    if recipe.templates.is_empty() {
+        for database in &recipe.databases {
+            diagnostics.push(
+                Diagnostic::error(
+                    "a database is loaded into the VM, and the recipe has no template",
+                )
+                .at(&database.header(), "no PostgreSQL to load it into")
+                .help("add a `template` whose packages include `postgresql`"),
+            );
+        }
+    }
     let unbuilt: Vec<(&str, Span)> = recipe
-        .databases
+        .git_sources
         .iter()
-        .map(|b| ("database", b.header()))
-        .chain(recipe.git_sources.iter().map(|b| ("source", b.header())))
+        .map(|b| ("source", b.header()))
         .chain(recipe.files.iter().map(|b| ("files", b.header())))
         .chain(recipe.configs.iter().map(|b| ("config", b.header())))
         .chain(recipe.sanitize.iter().map(|b| ("sanitize", b.header())))
@@ -184,4 +204,161 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
         return Err(diagnostics);
     }
     Ok(steps)
+}
+
+/// The dump steps of the recipe's databases (pushed onto `steps`) and the one load step that
+/// puts them all into the PostgreSQL of the template's tree `tree`; `None` without databases.
+fn databases(
+    recipe: &Recipe,
+    tree: &str,
+    steps: &mut Vec<Compiled>,
+    diagnostics: &mut Diagnostics,
+) -> Option<LoadStep> {
+    if recipe.databases.is_empty() {
+        return None;
+    }
+    let mut planned = Vec::new();
+    let mut names: Vec<(&str, Span)> = Vec::new();
+    for named in &recipe.databases {
+        let block = &named.block;
+        let span = |key: &str| {
+            named
+                .spans
+                .value(&[Seg::Key(key.into())])
+                .unwrap_or(named.header())
+        };
+        if let Some((_, first)) = names.iter().find(|(n, _)| *n == block.into) {
+            diagnostics.push(
+                Diagnostic::error(format!("two databases are both loaded as `{}`", block.into))
+                    .at(&span("into"), "the second")
+                    .also(first, "the first"),
+            );
+            continue;
+        }
+        names.push((&block.into, span("into")));
+        if named.name == "load" {
+            diagnostics.push(
+                Diagnostic::error("`load` is the name of the step that loads every database")
+                    .at(&named.header(), "choose another name"),
+            );
+            continue;
+        }
+        let origin = match database_origin(named, diagnostics) {
+            Some(Made::Cloned(source)) => match block.engine {
+                DatabaseEngine::Postgres => {
+                    let step = DumpStep::new(named, source);
+                    let id = step.id().to_string();
+                    push(steps, step);
+                    Origin::Dump { step: id }
+                }
+                DatabaseEngine::Oracle => {
+                    diagnostics.push(
+                        Diagnostic::error("this vmbuild was built without Oracle support")
+                            .at(&span("engine"), "an Oracle source")
+                            .help("build vmbuild with `cargo build --release --features oracle`"),
+                    );
+                    continue;
+                }
+            },
+            Some(Made::Init(scripts)) => Origin::Init { scripts },
+            None => continue,
+        };
+        planned.push(PlannedDatabase {
+            block: named.name.clone(),
+            into: block.into.clone(),
+            role: block.role.clone().unwrap_or_else(|| block.into.clone()),
+            password: block.password.clone(),
+            origin,
+        });
+    }
+    (!planned.is_empty()).then(|| LoadStep::new(tree, planned))
+}
+
+/// How a database's content is made.
+enum Made<'a> {
+    /// Cloned from this source.
+    Cloned(&'a crate::recipe::Secret),
+    /// Created by these scripts (relative to the recipe folder, with their spans).
+    Init(Vec<(String, Span)>),
+}
+
+/// Whether a database is cloned from a source or made from `init` scripts; the attributes
+/// that only make sense for one of them are errors on the other.
+fn database_origin<'a>(
+    named: &'a Named<DatabaseBlock>,
+    diagnostics: &mut Diagnostics,
+) -> Option<Made<'a>> {
+    let block = &named.block;
+    let span = |key: &str| {
+        named
+            .spans
+            .value(&[Seg::Key(key.into())])
+            .unwrap_or(named.header())
+    };
+    match (&block.source, block.init.is_empty()) {
+        (Some(source), true) => {
+            if block.schemas.is_none() {
+                diagnostics.push(
+                    Diagnostic::error("a cloned database needs a schema allowlist")
+                        .at(&named.header(), "no `schemas`")
+                        .help("`schemas = [\"apidb\", \"core\"]` or `schemas = databaseinfo(\"core.databaseinfo\")`"),
+                );
+                return None;
+            }
+            Some(Made::Cloned(source))
+        }
+        (None, false) => {
+            let clone_only = [
+                ("schemas", block.schemas.is_some()),
+                ("exclude_schemas", !block.exclude_schemas.is_empty()),
+                ("exclude_table_data", !block.exclude_table_data.is_empty()),
+                ("lock", block.lock.is_some()),
+                ("fingerprint", block.fingerprint.is_some()),
+            ];
+            let mut ok = true;
+            for (key, set) in clone_only {
+                if set {
+                    diagnostics.push(
+                        Diagnostic::error(format!(
+                            "`{key}` is for a database cloned from a `source`, and this one is made by `init`"
+                        ))
+                        .at(&span(key), "remove this"),
+                    );
+                    ok = false;
+                }
+            }
+            ok.then(|| {
+                Made::Init(
+                    block
+                        .init
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| {
+                            (
+                                s.clone(),
+                                named.spans.item("init", i).unwrap_or(named.header()),
+                            )
+                        })
+                        .collect(),
+                )
+            })
+        }
+        (Some(_), false) => {
+            diagnostics.push(
+                Diagnostic::error(
+                    "a database is either cloned from a `source` or made by `init`, not both",
+                )
+                .at(&span("init"), "init scripts")
+                .also(&span("source"), "a source"),
+            );
+            None
+        }
+        (None, true) => {
+            diagnostics.push(
+                Diagnostic::error("a database needs a `source` to clone, or `init` scripts")
+                    .at(&named.header(), "where does its content come from?"),
+            );
+            None
+        }
+    }
 }

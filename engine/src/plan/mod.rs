@@ -284,6 +284,33 @@ impl Plan {
         })
     }
 
+    /// Keep only `targets` and the steps they depend on (`apply --target`). Returns the first
+    /// target the plan does not have, if any.
+    pub fn retain_targets(&mut self, targets: &[String]) -> Result<(), String> {
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let mut keep: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut todo: Vec<String> = Vec::new();
+        for target in targets {
+            if self.get(target).is_none() {
+                return Err(target.clone());
+            }
+            todo.push(target.clone());
+        }
+        while let Some(id) = todo.pop() {
+            if keep.insert(id.clone()) {
+                if let Some(step) = self.get(&id) {
+                    todo.extend(step.depends_on.iter().cloned());
+                }
+            }
+        }
+        self.steps.retain(|s| keep.contains(&s.id));
+        self.graph
+            .retain_nodes(|graph, node| keep.contains(&graph[node]));
+        Ok(())
+    }
+
     pub fn to_run(&self) -> usize {
         self.steps
             .iter()

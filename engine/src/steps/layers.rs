@@ -1,7 +1,9 @@
 //! Composing layers onto a root tree: each layer is a committed step output placed at a path in
 //! the VM, copied over the tree in graph order. The template's files may be overwritten by any
 //! layer, but two layers writing the same file is an error naming both, unless the later one
-//! declares that it `replaces` the earlier.
+//! declares that it `replaces` the earlier. A layer may also replace folders of the template
+//! wholesale (a database cluster's data directory, whose files must not mix with the
+//! template's).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,34 @@ pub struct Layer {
     pub into: String,
     /// Layers whose files it may overwrite.
     pub replaces: Vec<String>,
+    /// The folder of the step's output that is the layer, when not the whole output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// VM folders removed from the tree before this layer goes on: the layer's own copy
+    /// replaces them wholesale.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wholesale: Vec<String>,
+}
+
+impl Layer {
+    /// A layer of a whole step output, placed at `into`.
+    pub fn new(id: impl Into<String>, into: impl Into<String>, replaces: Vec<String>) -> Layer {
+        Layer {
+            id: id.into(),
+            into: into.into(),
+            replaces,
+            from: None,
+            wholesale: Vec::new(),
+        }
+    }
+
+    /// The layer's files within its step's output folder `output`.
+    pub fn content(&self, output: &Path) -> PathBuf {
+        match &self.from {
+            Some(from) => output.join(from),
+            None => output.to_path_buf(),
+        }
+    }
 }
 
 /// Two layers that write the same file, neither replacing the other.
@@ -57,7 +87,7 @@ fn files_of(dir: &Path, into: &str) -> Result<Vec<String>, StepError> {
 pub fn check_conflicts(layers: &[(Layer, PathBuf)]) -> Result<(), StepError> {
     let mut owner: BTreeMap<String, &Layer> = BTreeMap::new();
     for (layer, dir) in layers {
-        for path in files_of(dir, &layer.into)? {
+        for path in files_of(&layer.content(dir), &layer.into)? {
             if let Some(first) = owner.get(&path) {
                 if !layer.replaces.contains(&first.id) {
                     return Err(StepError::Unmet(
@@ -81,9 +111,16 @@ pub fn check_conflicts(layers: &[(Layer, PathBuf)]) -> Result<(), StepError> {
 pub fn compose(root: &Path, layers: &[(Layer, PathBuf)]) -> Result<(), StepError> {
     check_conflicts(layers)?;
     for (layer, dir) in layers {
+        for folder in &layer.wholesale {
+            let replaced = root.join(folder.trim_start_matches('/'));
+            if replaced.symlink_metadata().is_ok() {
+                // Unlinking in a tree of hard links to the store leaves the store as it is.
+                std::fs::remove_dir_all(&replaced).map_err(io_error("remove", &replaced))?;
+            }
+        }
         let target = root.join(layer.into.trim_start_matches('/'));
         std::fs::create_dir_all(&target).map_err(io_error("create", &target))?;
-        overlay_tree(dir, &target)?;
+        overlay_tree(&layer.content(dir), &target)?;
     }
     Ok(())
 }
@@ -93,11 +130,7 @@ mod tests {
     use super::*;
 
     fn layer(id: &str, into: &str, replaces: &[&str]) -> Layer {
-        Layer {
-            id: id.into(),
-            into: into.into(),
-            replaces: replaces.iter().map(|s| s.to_string()).collect(),
-        }
+        Layer::new(id, into, replaces.iter().map(|s| s.to_string()).collect())
     }
 
     fn write(dir: &Path, rel: &str, text: &str) {
@@ -156,5 +189,29 @@ mod tests {
             (layer("step.b", "/srv", &["step.a"]), b),
         ];
         check_conflicts(&layers).unwrap();
+    }
+
+    #[test]
+    fn a_wholesale_layer_replaces_a_folder_and_reads_its_subfolder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, out) = (dir.path().join("root"), dir.path().join("out"));
+        write(&root, "var/lib/postgresql/15/main/base/1/template", "t");
+        write(&root, "var/lib/postgresql/15/main/PG_VERSION", "15");
+        write(
+            &out,
+            "root/var/lib/postgresql/15/main/PG_VERSION",
+            "15 loaded",
+        );
+        write(&out, "report.json", "{}");
+        let mut loaded = layer("database.load", "/", &[]);
+        loaded.from = Some("root".into());
+        loaded.wholesale = vec!["/var/lib/postgresql".into()];
+        compose(&root, &[(loaded, out)]).unwrap();
+        assert!(!root.join("var/lib/postgresql/15/main/base").exists());
+        assert!(!root.join("report.json").exists());
+        assert_eq!(
+            std::fs::read_to_string(root.join("var/lib/postgresql/15/main/PG_VERSION")).unwrap(),
+            "15 loaded"
+        );
     }
 }

@@ -88,6 +88,22 @@ pub struct RunContext {
     pub on_line: Arc<dyn Fn(&str) + Send + Sync>,
 }
 
+impl RunContext {
+    /// Tell the log (and whoever watches it) what the step is doing, secrets blanked out.
+    pub fn say(&self, text: &str) {
+        use std::io::Write;
+        let line = process::redact(text, &self.redact);
+        if let Ok(mut log) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+        {
+            let _ = writeln!(log, "{line}");
+        }
+        (self.on_line)(&line);
+    }
+}
+
 /// Why a step run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {

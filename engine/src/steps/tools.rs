@@ -45,6 +45,10 @@ pub const MCOPY: Tool = Tool {
     program: "mcopy",
     package: "mtools",
 };
+pub const PG_DUMP: Tool = Tool {
+    program: "pg_dump",
+    package: "postgresql-client",
+};
 pub const CP: Tool = Tool {
     program: "cp",
     package: "coreutils",

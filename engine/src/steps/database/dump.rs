@@ -349,8 +349,8 @@ fn parse_table_data(listing: &str) -> BTreeSet<(String, String)> {
 }
 
 /// Blank the owner name of every entry of a directory-format dump's `toc.dat`, so that no
-/// production role name is stored (pg_restore then sets no owner even without --no-owner).
-/// Returns how many names were blanked.
+/// production role name is stored (pg_restore then sets no owner even without --no-owner), and
+/// fix its creation time. Returns how many names were blanked.
 fn strip_owner_names(toc: &Path) -> Result<usize, DumpError> {
     let bytes = std::fs::read(toc).map_err(io("read", toc))?;
     let (rewritten, count) = blank_owners(&bytes).map_err(|why| DumpError::Source {
@@ -404,7 +404,8 @@ impl TocReader<'_> {
     }
 }
 
-/// `toc` with every entry's owner replaced by an empty string, and how many were replaced.
+/// `toc` with every entry's owner replaced by an empty string and a fixed creation time, and
+/// how many owners were replaced.
 fn blank_owners(toc: &[u8]) -> Result<(Vec<u8>, usize), String> {
     if toc.len() < 11 || &toc[..5] != b"PGDMP" {
         return Err("not a pg_dump archive".into());
@@ -424,8 +425,13 @@ fn blank_owners(toc: &[u8]) -> Result<(Vec<u8>, usize), String> {
     } else {
         r.int()?; // compression level
     }
+    // The creation time (struct tm: sec, min, hour, mday, mon, year, isdst), set to a fixed
+    // date so that dumps of unchanged data are the same bytes.
+    let mut created = Vec::new();
     for _ in 0..7 {
-        r.int()?; // creation time
+        let start = r.pos;
+        r.int()?;
+        created.push(start..r.pos);
     }
     for _ in 0..3 {
         r.string()?; // database name, server and pg_dump versions
@@ -459,12 +465,24 @@ fn blank_owners(toc: &[u8]) -> Result<(Vec<u8>, usize), String> {
     if r.pos != toc.len() {
         return Err("unexpected bytes after the table of contents".into());
     }
-    let empty = vec![0u8; 1 + r.int_size];
+    let int = |value: u8| {
+        let mut bytes = vec![0u8; 1 + r.int_size];
+        bytes[1] = value;
+        bytes
+    };
+    // 2000-01-01 00:00:00, not daylight saving time.
+    let fixed_date = [0, 0, 0, 1, 0, 100, 0].map(int);
+    let mut replacements: Vec<(std::ops::Range<usize>, Vec<u8>)> = created
+        .into_iter()
+        .zip(fixed_date)
+        .chain(owners.iter().map(|range| (range.clone(), int(0))))
+        .collect();
+    replacements.sort_by_key(|(range, _)| range.start);
     let mut out = Vec::with_capacity(toc.len());
     let mut last = 0;
-    for range in &owners {
+    for (range, bytes) in &replacements {
         out.extend_from_slice(&toc[last..range.start]);
-        out.extend_from_slice(&empty);
+        out.extend_from_slice(bytes);
         last = range.end;
     }
     out.extend_from_slice(&toc[last..]);
@@ -558,7 +576,17 @@ mod tests {
     fn owner_names_are_blanked() {
         let (out, count) = blank_owners(&synthetic_toc("prod_owner")).expect("parses");
         assert_eq!(count, 1);
-        assert_eq!(out, synthetic_toc(""));
+        let (without_owner, _) = blank_owners(&synthetic_toc("")).expect("parses");
+        assert_eq!(out, without_owner);
+        assert!(!out.windows(10).any(|w| w == b"prod_owner"));
+        // The creation time (after the 11-byte header and the compression int), fixed at
+        // 2000-01-01 00:00:00: seven ints of a sign byte and four bytes.
+        let date: Vec<u8> = [0u8, 0, 0, 1, 0, 100, 0]
+            .iter()
+            .flat_map(|v| [0, *v, 0, 0, 0])
+            .collect();
+        assert_eq!(&out[16..51], date.as_slice());
+        assert_eq!(out.len(), synthetic_toc("").len());
         let mut trailing = synthetic_toc("x");
         trailing.push(0);
         assert!(blank_owners(&trailing).is_err());

@@ -25,26 +25,44 @@ use super::super::{RunContext, StepError};
 use super::dump::{quote_ident, with_redactions};
 use crate::recipe::Secret;
 
+/// What goes into one database of the cluster.
+pub enum Content<'a> {
+    /// A directory-format dump made by `dump` (`out_dir/dump`), restored with `pg_restore`.
+    Dump(&'a Path),
+    /// A plain SQL file (PostgreSQL dialect), run with `psql` in one transaction.
+    Sql(&'a Path),
+    /// Schema installation scripts, run in order in one transaction: an empty database.
+    Init(&'a [PathBuf]),
+}
+
+/// One database of the cluster.
+pub struct LoadDatabase<'a> {
+    /// Its name inside the VM.
+    pub name: &'a str,
+    /// The application role: it owns the database and everything restored into it.
+    pub role: &'a str,
+    pub password: &'a Secret,
+    pub content: Content<'a>,
+}
+
 /// What to load, and where from.
 pub struct LoadSpec<'a> {
     /// A root tree with PostgreSQL installed (`usr/lib/postgresql/<major>/bin`); read only.
     pub template_root: &'a Path,
-    /// The dump folder made by `dump` (`out_dir/dump`).
-    pub dump_dir: &'a Path,
-    pub database: &'a str,
-    /// The application role: it owns the database and everything restored.
-    pub role: &'a str,
-    pub password: &'a Secret,
+    /// The databases, created in this order in one cluster.
+    pub databases: &'a [LoadDatabase<'a>],
     pub jobs: u32,
 }
 
 /// What was loaded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadInfo {
-    /// `schema.table` → rows, for every table outside the system schemas.
-    pub row_counts: BTreeMap<String, i64>,
+    /// Database → `schema.table` → rows, for every table outside the system schemas.
+    pub databases: BTreeMap<String, BTreeMap<String, i64>>,
     /// `SHOW server_version` of the template's PostgreSQL.
     pub pg_version: String,
+    /// The major version, as in `var/lib/postgresql/<major>/main`.
+    pub major: String,
 }
 
 /// Why a load failed. Never contains the password.
@@ -253,21 +271,25 @@ fn owned_dir(path: &Path, ids: (u32, u32), mode: u32) -> Result<(), LoadError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io("chmod", path))
 }
 
-/// Load `spec.dump_dir` into a new cluster written under `out_layer`.
+/// Load every database of `spec` into a new cluster written under `out_layer`.
 pub async fn load(
     spec: &LoadSpec<'_>,
     out_layer: &Path,
     ctx: &RunContext,
 ) -> Result<LoadInfo, LoadError> {
-    check_name(spec.database)?;
-    check_name(spec.role)?;
-    if spec.password.reveal().contains('\0') {
-        return Err(LoadError::Name {
-            name: "(the password)".into(),
-            why: "contains a NUL character",
-        });
+    let mut secrets_to_hide: Vec<String> = Vec::new();
+    for database in spec.databases {
+        check_name(database.name)?;
+        check_name(database.role)?;
+        if database.password.reveal().contains('\0') {
+            return Err(LoadError::Name {
+                name: "(the password)".into(),
+                why: "contains a NUL character",
+            });
+        }
+        secrets_to_hide.extend(database.password.parts().iter().cloned());
     }
-    let ctx = &with_redactions(ctx, spec.password.parts());
+    let ctx = &with_redactions(ctx, &secrets_to_hide);
     let template = spec.template_root;
     let major = find_major(template)?;
     let ids = postgres_ids(template)?;
@@ -303,9 +325,30 @@ pub async fn load(
     std::fs::create_dir(&tmp).map_err(io("create", &tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777))
         .map_err(io("chmod", &tmp))?;
-    let dump_mount = run.join("dump");
-    std::fs::create_dir(&dump_mount).map_err(io("create", &dump_mount))?;
     let server_log = run.join("server.log");
+    // What each database is made from, as paths inside the chroot: dumps are bind-mounted
+    // read-only below /run/postgresql, SQL files copied there.
+    let mut sources: Vec<Vec<String>> = Vec::new();
+    for (i, database) in spec.databases.iter().enumerate() {
+        match &database.content {
+            Content::Dump(_) => {
+                let mount_point = run.join(format!("dump{i}"));
+                std::fs::create_dir(&mount_point).map_err(io("create", &mount_point))?;
+                sources.push(vec![format!("/run/postgresql/dump{i}")]);
+            }
+            Content::Sql(file) => {
+                let copied = copy_script(file, &run, &format!("db{i}.sql"))?;
+                sources.push(vec![copied]);
+            }
+            Content::Init(scripts) => {
+                let mut copied = Vec::new();
+                for (n, script) in scripts.iter().enumerate() {
+                    copied.push(copy_script(script, &run, &format!("db{i}-init{n}.sql"))?);
+                }
+                sources.push(copied);
+            }
+        }
+    }
 
     let mut mounts = Mounts {
         mounted: Vec::new(),
@@ -322,7 +365,11 @@ pub async fn load(
     mounts.bind(&pg_home, &root.join("var/lib/postgresql"), false)?;
     mounts.bind(&run, &root.join("run/postgresql"), false)?;
     mounts.bind(&tmp, &root.join("tmp"), false)?;
-    mounts.bind(spec.dump_dir, &root.join("run/postgresql/dump"), true)?;
+    for (i, database) in spec.databases.iter().enumerate() {
+        if let Content::Dump(dir) = &database.content {
+            mounts.bind(dir, &root.join(format!("run/postgresql/dump{i}")), true)?;
+        }
+    }
 
     let bin = format!("/usr/lib/postgresql/{major}/bin");
     let data_in = format!("/var/lib/postgresql/{major}/main");
@@ -424,81 +471,115 @@ pub async fn load(
     )
     .await?;
 
-    // Role and database, the password in a file only the server's user reads.
-    let setup = run.join("setup.sql");
-    let sql = format!(
-        "\\set ON_ERROR_STOP on\n\\set VERBOSITY terse\n\
-         CREATE ROLE {role} LOGIN PASSWORD '{password}';\n\
-         CREATE DATABASE {db} OWNER {role} ENCODING 'UTF8' TEMPLATE template0;\n",
-        role = quote_ident(spec.role),
-        db = quote_ident(spec.database),
-        password = spec.password.reveal().replace('\'', "''"),
-    );
-    write_private(&setup, sql.as_bytes(), ids)?;
-    let created = in_tree(
-        "creating the role and database",
-        true,
-        "psql",
-        s(&[
-            "--no-psqlrc",
-            "--quiet",
-            "--dbname=postgres",
-            "--file=/run/postgresql/setup.sql",
-        ]),
-    )
-    .await;
-    std::fs::remove_file(&setup).map_err(io("remove", &setup))?;
-    created?;
+    let mut created_roles: Vec<&str> = Vec::new();
+    let mut databases = BTreeMap::new();
+    let mut pg_version = String::new();
+    for (i, (database, files)) in spec.databases.iter().zip(&sources).enumerate() {
+        // Role and database, the password in a file only the server's user reads.
+        let setup = run.join("setup.sql");
+        let mut sql = String::from("\\set ON_ERROR_STOP on\n\\set VERBOSITY terse\n");
+        if !created_roles.contains(&database.role) {
+            sql.push_str(&format!(
+                "CREATE ROLE {role} LOGIN PASSWORD '{password}';\n",
+                role = quote_ident(database.role),
+                password = database.password.reveal().replace('\'', "''"),
+            ));
+            created_roles.push(database.role);
+        }
+        sql.push_str(&format!(
+            "CREATE DATABASE {db} OWNER {role} ENCODING 'UTF8' TEMPLATE template0;\n\
+             REVOKE ALL ON DATABASE {db} FROM PUBLIC;\n",
+            role = quote_ident(database.role),
+            db = quote_ident(database.name),
+        ));
+        write_private(&setup, sql.as_bytes(), ids)?;
+        let created = in_tree(
+            "creating the role and database",
+            true,
+            "psql",
+            s(&[
+                "--no-psqlrc",
+                "--quiet",
+                "--dbname=postgres",
+                "--file=/run/postgresql/setup.sql",
+            ]),
+        )
+        .await;
+        std::fs::remove_file(&setup).map_err(io("remove", &setup))?;
+        created?;
 
-    in_tree(
-        "pg_restore",
-        true,
-        "pg_restore",
-        vec![
-            format!("--jobs={}", spec.jobs.max(1)),
-            "--no-owner".into(),
-            "--no-privileges".into(),
-            format!("--role={}", spec.role),
-            "--exit-on-error".into(),
-            format!("--dbname={}", spec.database),
-            "/run/postgresql/dump".into(),
-        ],
-    )
-    .await?;
-    in_tree(
-        "VACUUM ANALYZE",
-        true,
-        "psql",
-        vec![
-            "--no-psqlrc".into(),
-            "--quiet".into(),
-            format!("--dbname={}", spec.database),
-            "--command=VACUUM (ANALYZE)".into(),
-        ],
-    )
-    .await?;
-    let report_sql = "SELECT json_build_object('version', current_setting('server_version'), \
-         'counts', coalesce((SELECT json_object_agg(n.nspname || '.' || c.relname, \
-           (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I.%I', \
-             n.nspname, c.relname), false, true, '')))[1]::text::bigint) \
-          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-          WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-            AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'), '{}'::json))";
-    in_tree(
-        "counting rows",
-        true,
-        "psql",
-        vec![
-            "--no-psqlrc".into(),
-            "--quiet".into(),
-            "--tuples-only".into(),
-            "--no-align".into(),
-            format!("--dbname={}", spec.database),
-            "--output=/run/postgresql/report.json".into(),
-            format!("--command={report_sql}"),
-        ],
-    )
-    .await?;
+        match &database.content {
+            Content::Dump(_) => {
+                in_tree(
+                    "pg_restore",
+                    true,
+                    "pg_restore",
+                    vec![
+                        format!("--jobs={}", spec.jobs.max(1)),
+                        "--no-owner".into(),
+                        "--no-privileges".into(),
+                        format!("--role={}", database.role),
+                        "--exit-on-error".into(),
+                        format!("--dbname={}", database.name),
+                        files[0].clone(),
+                    ],
+                )
+                .await?;
+            }
+            Content::Sql(_) | Content::Init(_) => {
+                // As the application role, so that it owns what the scripts create.
+                let mut args = vec![
+                    "--no-psqlrc".to_string(),
+                    "--quiet".into(),
+                    "--single-transaction".into(),
+                    "--set=ON_ERROR_STOP=1".into(),
+                    format!("--dbname={}", database.name),
+                    format!("--command=SET ROLE {}", quote_ident(database.role)),
+                ];
+                args.extend(files.iter().map(|f| format!("--file={f}")));
+                in_tree("running the SQL scripts", true, "psql", args).await?;
+            }
+        }
+        in_tree(
+            "VACUUM ANALYZE",
+            true,
+            "psql",
+            vec![
+                "--no-psqlrc".into(),
+                "--quiet".into(),
+                format!("--dbname={}", database.name),
+                "--command=VACUUM (ANALYZE)".into(),
+            ],
+        )
+        .await?;
+        let report_sql = "SELECT json_build_object('version', current_setting('server_version'), \
+             'counts', coalesce((SELECT json_object_agg(n.nspname || '.' || c.relname, \
+               (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I.%I', \
+                 n.nspname, c.relname), false, true, '')))[1]::text::bigint) \
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'), '{}'::json))";
+        in_tree(
+            "counting rows",
+            true,
+            "psql",
+            vec![
+                "--no-psqlrc".into(),
+                "--quiet".into(),
+                "--tuples-only".into(),
+                "--no-align".into(),
+                format!("--dbname={}", database.name),
+                format!("--output=/run/postgresql/report{i}.json"),
+                format!("--command={report_sql}"),
+            ],
+        )
+        .await?;
+        let report_path = run.join(format!("report{i}.json"));
+        let report = std::fs::read_to_string(&report_path).map_err(io("read", &report_path))?;
+        let (counts, version) = parse_report(&report)?;
+        databases.insert(database.name.to_string(), counts);
+        pg_version = version;
+    }
     in_tree(
         "stopping the server",
         false,
@@ -510,17 +591,42 @@ pub async fn load(
     // It records the loading options, which mean nothing in the guest.
     let opts = data.join("postmaster.opts");
     std::fs::remove_file(&opts).map_err(io("remove", &opts))?;
-    if !has_debian_config {
+    if has_debian_config {
+        // The package made the template's cluster on the first free port of the machine that
+        // built the template: the VM's one cluster listens on the standard port.
+        let conf_d = out_layer
+            .join("etc/postgresql")
+            .join(&major)
+            .join("main/conf.d");
+        for dir in [
+            out_layer.join("etc/postgresql"),
+            out_layer.join("etc/postgresql").join(&major),
+            out_layer.join("etc/postgresql").join(&major).join("main"),
+            conf_d.clone(),
+        ] {
+            owned_dir(&dir, ids, 0o755)?;
+        }
+        let port = conf_d.join("50-vmbuild.conf");
+        std::fs::write(&port, "# vmbuild: the VM's one cluster\nport = 5432\n")
+            .map_err(io("write", &port))?;
+    } else {
         debian_config(out_layer, &data, &major, ids)?;
     }
-    let report_path = run.join("report.json");
-    let report = std::fs::read_to_string(&report_path).map_err(io("read", &report_path))?;
     drop(mounts);
-    let (row_counts, pg_version) = parse_report(&report)?;
     Ok(LoadInfo {
-        row_counts,
+        databases,
         pg_version,
+        major,
     })
+}
+
+/// Copy a SQL file into the chroot's `/run/postgresql` as `name`; returns its path there.
+fn copy_script(file: &Path, run: &Path, name: &str) -> Result<String, LoadError> {
+    let to = run.join(name);
+    std::fs::copy(file, &to).map_err(io("copy", file))?;
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644))
+        .map_err(io("chmod", &to))?;
+    Ok(format!("/run/postgresql/{name}"))
 }
 
 /// Make the cluster a Debian one, as `pg_createcluster` would, for a template that has none:
@@ -907,10 +1013,12 @@ mod tests {
         let loaded = load(
             &LoadSpec {
                 template_root: &template,
-                dump_dir: &dump_out.join("dump"),
-                database: "site",
-                role: "webapp",
-                password: &password,
+                databases: &[LoadDatabase {
+                    name: "site",
+                    role: "webapp",
+                    password: &password,
+                    content: Content::Dump(&dump_out.join("dump")),
+                }],
                 jobs: 2,
             },
             &layer,
@@ -920,10 +1028,10 @@ mod tests {
         .expect("load");
         eprintln!("load: {:?}, PostgreSQL {}", t.elapsed(), loaded.pg_version);
         assert_eq!(
-            loaded.row_counts,
+            loaded.databases["site"],
             expected,
             "{:?}",
-            count_differences(&expected, &loaded.row_counts)
+            count_differences(&expected, &loaded.databases["site"])
         );
         nothing_mounted_under(&[dir.path(), &template]);
 
@@ -1042,10 +1150,12 @@ mod tests {
         let loaded = load(
             &LoadSpec {
                 template_root: &template,
-                dump_dir: &dump_out.join("dump"),
-                database: "site",
-                role: "webapp",
-                password: &password,
+                databases: &[LoadDatabase {
+                    name: "site",
+                    role: "webapp",
+                    password: &password,
+                    content: Content::Dump(&dump_out.join("dump")),
+                }],
                 jobs: 3,
             },
             &layer,
@@ -1054,7 +1164,7 @@ mod tests {
         .await
         .expect("load");
         eprintln!("load: {:?}", t.elapsed());
-        assert_eq!(loaded.row_counts, dumped.row_counts);
+        assert_eq!(loaded.databases["site"], dumped.row_counts);
         let major = find_major(&template).expect("major");
         let ids = postgres_ids(&template).expect("ids");
         let n = query_layer(
@@ -1071,9 +1181,9 @@ mod tests {
         );
         assert_eq!(
             count.parse::<i64>().expect("number"),
-            loaded.row_counts["keep.a"]
+            loaded.databases["site"]["keep.a"]
         );
-        assert!(loaded.row_counts["keep.a"] > 0);
+        assert!(loaded.databases["site"]["keep.a"] > 0);
         nothing_mounted_under(&[dir.path(), &template]);
         host_sql(
             "postgres",
@@ -1203,7 +1313,7 @@ mod tests {
             std::fs::create_dir(&layer).expect("mkdir");
             let password = Secret::new("t", "app-Pass-7777");
             let loaded = load(
-                &LoadSpec { template_root: &merged, dump_dir: &dump_dir, database: "site", role: "webapp", password: &password, jobs: 1 },
+                &LoadSpec { template_root: &merged, databases: &[LoadDatabase { name: "site", role: "webapp", password: &password, content: Content::Dump(&dump_dir) }], jobs: 1 },
                 &layer,
                 &ctx,
             )
@@ -1216,7 +1326,7 @@ mod tests {
         host_sql("postgres", "DROP DATABASE vmbuild_src_nocluster;");
         let (loaded, layer) = result;
         let loaded = loaded.expect("load");
-        assert_eq!(loaded.row_counts["keep.t"], 1);
+        assert_eq!(loaded.databases["site"]["keep.t"], 1);
         let conf = layer.join(format!("etc/postgresql/{major}/main"));
         let text = std::fs::read_to_string(conf.join("postgresql.conf")).expect("postgresql.conf");
         assert!(text.contains(&format!(
@@ -1272,10 +1382,12 @@ mod tests {
         let err = load(
             &LoadSpec {
                 template_root: &template,
-                dump_dir: &empty_dump,
-                database: "site",
-                role: "webapp",
-                password: &password,
+                databases: &[LoadDatabase {
+                    name: "site",
+                    role: "webapp",
+                    password: &password,
+                    content: Content::Dump(&empty_dump),
+                }],
                 jobs: 1,
             },
             &layer,
@@ -1318,10 +1430,12 @@ mod tests {
         let err = load(
             &LoadSpec {
                 template_root: &template,
-                dump_dir: &bad,
-                database: "site",
-                role: "webapp",
-                password: &password,
+                databases: &[LoadDatabase {
+                    name: "site",
+                    role: "webapp",
+                    password: &password,
+                    content: Content::Dump(&bad),
+                }],
                 jobs: 1,
             },
             &layer,

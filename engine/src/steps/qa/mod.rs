@@ -296,6 +296,8 @@ async fn run_qa_inner(
         };
         match ready {
             Ok(mut a) => {
+                // The agent starts early in boot: let services (a database) start first.
+                notes.push(boot_finished(&mut a, deadline).await);
                 for check in commands {
                     checks.push(run_command_check(&mut a, spec, check).await);
                 }
@@ -601,6 +603,39 @@ async fn connect_agent(vm: &Vm, deadline: Instant) -> Result<Agent, String> {
         Ok(true) => Ok(agent),
         Ok(false) => Err(no_answer()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Wait, through the agent, until systemd has finished booting the guest (`running`, or
+/// `degraded` with the failed units named), so that command checks find services started.
+async fn boot_finished(agent: &mut Agent, deadline: Instant) -> String {
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(AGENT_MIN_WAIT);
+    let state = match agent
+        .exec_shell("systemctl is-system-running --wait", left)
+        .await
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        Err(e) => return format!("cannot tell whether the guest finished booting: {e}"),
+    };
+    if state == "degraded" {
+        let failed = agent
+            .exec_shell(
+                "systemctl --failed --no-legend --plain | cut -d' ' -f1",
+                left,
+            )
+            .await
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        format!("the guest booted degraded; failed units: {failed}")
+    } else {
+        format!("the guest finished booting: {state}")
     }
 }
 

@@ -70,7 +70,7 @@ impl Step for QaStep {
     }
 
     fn version(&self) -> u32 {
-        3
+        4
     }
 
     fn depends_on(&self) -> &[String] {
