@@ -11,3 +11,4 @@ mod diagnostics;
 mod e2e;
 mod parallel;
 mod secrets;
+mod source;

@@ -2,7 +2,8 @@
 //!
 //! A `template` becomes a chain: `template.NAME.debootstrap` → `template.NAME.system` →
 //! `template.NAME.provision.0` → ...; each step's output is a whole root tree, so changing a
-//! late provisioner reruns only what follows it. `step` blocks become `command` steps.
+//! late provisioner reruns only what follows it. `step` blocks become `command` steps, `source`
+//! blocks `source` steps (layers of the VM, built in the template's final tree).
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use crate::steps::output::OutputStep;
 use crate::steps::provision_puppet::PuppetProvisionStep;
 use crate::steps::provision_shell::ShellProvisionStep;
 use crate::steps::qa::step::QaStep;
+use crate::steps::source::SourceStep;
 use crate::steps::system::SystemStep;
 use crate::steps::Step;
 
@@ -111,11 +113,18 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
                 }
             };
         }
-        let mut layers = layers(recipe);
+        // The databases' cluster first, then sources, then `step` layers, which may replace
+        // their files.
+        let mut layers: Vec<Layer> = Vec::new();
         if let Some(load) = databases(recipe, &last, &mut steps, &mut diagnostics) {
             push(&mut steps, load);
-            layers.insert(0, LoadStep::layer());
+            layers.push(LoadStep::layer());
         }
+        for source in &recipe.git_sources {
+            push(&mut steps, SourceStep::new(source, Some(&last)));
+            layers.push(SourceStep::layer(source));
+        }
+        layers.extend(self::layers(recipe));
         let disk = DiskStep::new(template, &last, layers);
         let disk_id = disk.id().to_string();
         push(&mut steps, disk);
@@ -159,6 +168,10 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
         }
     }
     if recipe.templates.is_empty() {
+        // No VM: each source is a plain output, built on this machine.
+        for source in &recipe.git_sources {
+            push(&mut steps, SourceStep::new(source, None));
+        }
         for named in recipe.steps.iter().filter(|s| s.block.into.is_some()) {
             let span = named
                 .spans
@@ -186,10 +199,9 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
         }
     }
     let unbuilt: Vec<(&str, Span)> = recipe
-        .git_sources
+        .files
         .iter()
-        .map(|b| ("source", b.header()))
-        .chain(recipe.files.iter().map(|b| ("files", b.header())))
+        .map(|b| ("files", b.header()))
         .chain(recipe.configs.iter().map(|b| ("config", b.header())))
         .chain(recipe.sanitize.iter().map(|b| ("sanitize", b.header())))
         .collect();

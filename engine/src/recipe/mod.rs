@@ -591,14 +591,18 @@ fn validate(recipe: &Recipe, ids: &[String], diagnostics: &mut Vec<Diagnostic>) 
             let is_layer = recipe
                 .steps
                 .iter()
-                .any(|s| format!("step.{}", s.name) == *target && s.block.into.is_some());
+                .any(|s| format!("step.{}", s.name) == *target && s.block.into.is_some())
+                || recipe
+                    .git_sources
+                    .iter()
+                    .any(|s| format!("source.{}", s.name) == *target);
             if !is_layer {
                 diagnostics.push(
                     Diagnostic::error(format!(
                         "`{target}` is not a layer that `step.{}` could replace",
                         step.name
                     ))
-                    .at(&span, "name a `step` block that has `into`")
+                    .at(&span, "name a `source`, or a `step` block that has `into`")
                     .help_opt(did_you_mean(target, ids.iter().map(String::as_str))),
                 );
             }
@@ -612,6 +616,32 @@ fn validate(recipe: &Recipe, ids: &[String], diagnostics: &mut Vec<Diagnostic>) 
                 Diagnostic::error(format!("`step.{}` has an empty command", step.name))
                     .at(&span, "give at least the program to run"),
             );
+        }
+    }
+    for source in &recipe.git_sources {
+        let to_span = || {
+            source
+                .spans
+                .value(&[Seg::Key("to".into())])
+                .unwrap_or(source.header())
+        };
+        match &source.block.to {
+            Some(to) if !to.starts_with('/') => diagnostics.push(
+                Diagnostic::error(format!(
+                    "`to` must be an absolute path in the VM, not `{to}`"
+                ))
+                .at(&to_span(), "for example \"/srv/site\""),
+            ),
+            None if source.block.build.is_empty() && !recipe.templates.is_empty() => diagnostics
+                .push(
+                    Diagnostic::error(format!(
+                        "`source.{}` puts its checkout into the VM, but not where",
+                        source.name
+                    ))
+                    .at(&source.header(), "no `to` and no `build`")
+                    .help("add `to = \"/srv/NAME\"`, or a `build` that installs into `$out`"),
+                ),
+            _ => {}
         }
     }
     // Cycles among steps, reported once per cycle with the edge that closes it.

@@ -247,14 +247,16 @@ pub struct LockBlock {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SourceBlock {
-    pub git: String,
+    /// A URL, or a folder relative to the recipe. It may be sensitive (a token from `env()`).
+    pub git: Text,
     #[serde(rename = "ref")]
     pub git_ref: String,
     #[serde(default)]
     pub submodules: bool,
     #[serde(default)]
     pub build: Vec<Text>,
-    /// Where the checkout goes in the VM when there is no build.
+    /// Where the output goes in the VM: the checkout (required without `build`), or the
+    /// install root of the build (default `/`).
     #[serde(default)]
     pub to: Option<String>,
     #[serde(default)]

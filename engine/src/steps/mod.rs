@@ -15,6 +15,7 @@ pub mod process;
 pub mod provision_puppet;
 pub mod provision_shell;
 pub mod qa;
+pub mod source;
 pub mod system;
 pub mod tools;
 pub mod tree;
