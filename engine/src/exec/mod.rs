@@ -327,7 +327,7 @@ impl StepTask {
             log: staging.log.clone(),
             upstream: self.upstream_paths.clone(),
             recipe_dir: self.recipe_dir.clone(),
-            cache: self.store.root().join("cache"),
+            cache: self.store.cache_dir(),
             redact: self.redact.clone(),
             cancel: self.cancel.clone(),
             on_line: Arc::new(move |line: &str| {

@@ -179,7 +179,7 @@ impl Plan {
             .map(|(s, r)| (s.id().to_string(), (s, r)))
             .collect();
 
-        let ctx = ResolveContext::new(&recipe.dir);
+        let ctx = ResolveContext::with_store(&recipe.dir, store.cache_dir(), store.secret_key()?);
         let mut diagnostics = Diagnostics {
             sources: recipe.sources.clone(),
             items: vec![],

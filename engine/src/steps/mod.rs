@@ -43,15 +43,42 @@ pub struct Resolved {
 /// Read-only context for resolving a step.
 pub struct ResolveContext {
     pub recipe_dir: PathBuf,
+    /// What steps keep between plans and runs (a file tree's stat cache); never in a key.
+    pub cache_dir: Option<PathBuf>,
+    /// Keys [`ResolveContext::secret_digest`]: the store's own, or a random one for this plan.
+    secret_key: [u8; 32],
     tool_cache: Mutex<HashMap<PathBuf, String>>,
 }
 
 impl ResolveContext {
+    /// A context without a store: no cache, and secret digests that hold for this plan only.
     pub fn new(recipe_dir: &Path) -> ResolveContext {
         ResolveContext {
             recipe_dir: recipe_dir.to_path_buf(),
+            cache_dir: None,
+            secret_key: rand::random(),
             tool_cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A context for planning against a store: its cache folder and its secret key.
+    pub fn with_store(
+        recipe_dir: &Path,
+        cache_dir: PathBuf,
+        secret_key: [u8; 32],
+    ) -> ResolveContext {
+        ResolveContext {
+            cache_dir: Some(cache_dir),
+            secret_key,
+            ..ResolveContext::new(recipe_dir)
+        }
+    }
+
+    /// A digest of a secret value that may enter a key: it changes when the value does, and
+    /// cannot be checked against guesses without the store's `secret.key`.
+    pub fn secret_digest(&self, value: &[u8]) -> String {
+        let hash = blake3::keyed_hash(&self.secret_key, value);
+        format!("keyed:{}", &hash.to_hex()[..24])
     }
 
     /// The digest of a program's file, hashed once per plan.

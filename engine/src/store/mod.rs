@@ -12,6 +12,8 @@
 //! logs/<ns>/<step>.log    the latest log of a step, also of a failed run
 //! locks/<key>.lock        flock held while a key is being built
 //! tmp/<random>/           staging areas; never trusted, removed by gc
+//! cache/                  what steps keep between runs (downloads); never in a key
+//! secret.key              32 random bytes (mode 0600) keying digests of secret values
 //! ```
 //!
 //! Every write is made in a temporary place, synced, and renamed into place, and an action record
@@ -224,6 +226,33 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// What steps keep between runs (downloaded packages, stat caches): never part of a key.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
+    /// The store's own secret: 32 random bytes in `secret.key` (mode 0600), made on first use.
+    /// It keys the digests of secret values ([`crate::steps::ResolveContext::secret_digest`]),
+    /// so a key can change when a secret does without anyone who lacks this file being able to
+    /// test guesses of the secret against the store's metadata.
+    pub fn secret_key(&self) -> Result<[u8; 32], StoreError> {
+        let path = self.root.join("secret.key");
+        match std::fs::read(&path) {
+            Ok(bytes) if bytes.len() == 32 => {
+                return Ok(bytes.try_into().expect("32 bytes"));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("read", &path, e)),
+        }
+        let key: [u8; 32] = rand::random();
+        self.write_private_once(&path, &key)?;
+        let bytes = std::fs::read(&path).ctx("read", &path)?;
+        bytes
+            .try_into()
+            .map_err(|_| StoreError::io("read", &path, std::io::Error::other("not 32 bytes")))
     }
 
     /// A short stable name for a recipe location, used under `refs/` and `logs/`.

@@ -31,6 +31,34 @@ impl Store {
         sync_dir(parent)
     }
 
+    /// Write `bytes` to `dest` (mode 0600) unless another writer got there first: a rename
+    /// that never replaces, so two applies starting at once agree on one file.
+    pub(super) fn write_private_once(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = self.tmp_dir().join(format!("{}.part", random_name()));
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut file| {
+                file.write_all(bytes)?;
+                file.sync_all()
+            });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::io("write", &tmp, e));
+        }
+        // A hard link fails if `dest` exists: the first writer wins, whole.
+        let linked = fs::hard_link(&tmp, dest);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => sync_dir(dest.parent().unwrap_or(&self.root)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(StoreError::io("create", dest, e)),
+        }
+    }
+
     /// Store `bytes` as `blobs/<blake3 of bytes>` (once); returns the digest.
     pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
         let digest = Digest::of_bytes(bytes);

@@ -661,3 +661,18 @@ fn sigkill_never_leaves_a_partial_object() {
     assert!(names(&store.root().join("tmp")).is_empty());
     assert!(store.verify(false).unwrap().problems.is_empty());
 }
+
+#[test]
+fn the_secret_key_is_made_once_private_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let key = store.secret_key().unwrap();
+    assert_eq!(store.secret_key().unwrap(), key);
+    assert_eq!(Store::open(dir.path()).unwrap().secret_key().unwrap(), key);
+    let mode = std::fs::metadata(dir.path().join("secret.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(store.verify(false).unwrap().problems.is_empty());
+}
