@@ -331,6 +331,44 @@ fn without_a_fingerprint_the_dump_runs_again_and_comes_out_the_same() {
     assert_ne!(dump_output(&third), first, "changed data, the same dump");
 }
 
+#[test]
+fn a_source_over_verified_tls_is_dumped() {
+    let Some(fixture) = Fixture::new("tls") else {
+        return;
+    };
+    let snakeoil = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    if !std::path::Path::new(snakeoil).is_file() {
+        eprintln!("skipped: the test server's certificate {snakeoil} is not here");
+        return;
+    }
+    let project = Project::new();
+    project.recipe(&recipe(""));
+    // The server's certificate names `localhost`: verify-full holds for that name only, for
+    // vmbuild's own connections and pg_dump's alike.
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={snakeoil}",
+        fixture.url.replace("@127.0.0.1", "@localhost")
+    );
+    let run = apply_dump(&project, &url).success();
+    assert!(
+        run.stderr.contains(&format!("{DUMP}: done")),
+        "{}",
+        run.stderr
+    );
+    let wrong_name = url.replace("@localhost", "@127.0.0.1");
+    let run = run_with(
+        &project,
+        &wrong_name,
+        &["plan", "site.hcl", "--target", DUMP],
+    )
+    .code(1);
+    assert!(
+        run.stderr.contains("certificate not valid for name"),
+        "{}",
+        run.transcript()
+    );
+}
+
 /// Nothing was committed to the store: no tree, no action record.
 fn store_is_empty(project: &Project) {
     for (path, _) in project.store_files() {

@@ -12,10 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use tokio_postgres::config::Host;
-use tokio_postgres::NoTls;
 
 use super::super::process::{self, Invocation};
 use super::super::{RunContext, StepError};
@@ -50,6 +48,8 @@ pub enum DumpError {
     Url,
     #[error("no schema to dump")]
     NoSchemas,
+    #[error("the source's TLS settings: {0}")]
+    Tls(#[source] super::tls::TlsError),
     #[error("the source database: {action}: {message}")]
     Source {
         action: &'static str,
@@ -108,7 +108,8 @@ fn pgpass_field(value: &str) -> String {
 
 /// The libpq environment for `url`, and the password (if any) for a password file.
 fn libpq_env(url: &Secret) -> Result<(BTreeMap<String, String>, Option<String>), DumpError> {
-    let config = tokio_postgres::Config::from_str(url.reveal()).map_err(|_| DumpError::Url)?;
+    let source = super::tls::parse(url.reveal()).map_err(|_| DumpError::Url)?;
+    let config = &source.config;
     let mut env = BTreeMap::new();
     let hosts: Vec<String> = config
         .get_hosts()
@@ -140,12 +141,9 @@ fn libpq_env(url: &Secret) -> Result<(BTreeMap<String, String>, Option<String>),
             timeout.as_secs().max(1).to_string(),
         );
     }
-    let sslmode = match config.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => "disable",
-        tokio_postgres::config::SslMode::Require => "require",
-        _ => "prefer",
-    };
-    env.insert("PGSSLMODE".into(), sslmode.into());
+    for (name, value) in super::tls::libpq_env(&source) {
+        env.insert(name.into(), value);
+    }
     let password = config
         .get_password()
         .map(|p| String::from_utf8_lossy(p).into_owned());
@@ -182,7 +180,11 @@ pub async fn dump(
     let (env, password) = libpq_env(spec.url)?;
 
     // The connection that holds the snapshot for the whole dump.
-    let (client, connection) = tokio_postgres::connect(spec.url.reveal(), NoTls)
+    let source = super::tls::parse(spec.url.reveal()).map_err(|_| DumpError::Url)?;
+    let tls = super::tls::connector(&source).map_err(DumpError::Tls)?;
+    let (client, connection) = source
+        .config
+        .connect(tls)
         .await
         .map_err(source_error("connect"))?;
     let connection = tokio::spawn(connection);

@@ -1077,6 +1077,103 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn an_init_database_is_made_by_its_scripts_and_owned_by_its_role() {
+        let Some(template) = template_root() else {
+            return;
+        };
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let ctx = test_ctx(dir.path());
+        let schema = dir.path().join("01-schema.sql");
+        std::fs::write(
+            &schema,
+            "CREATE SCHEMA userlogins5;
+             CREATE TABLE userlogins5.users (user_id serial PRIMARY KEY, email text UNIQUE NOT NULL);
+             CREATE TABLE userlogins5.strategies (id serial PRIMARY KEY,
+               user_id int NOT NULL REFERENCES userlogins5.users, name text);",
+        )
+        .expect("write");
+        let seed = dir.path().join("02-config.sql");
+        std::fs::write(
+            &seed,
+            "CREATE TABLE userlogins5.config (key text PRIMARY KEY, value text);
+             INSERT INTO userlogins5.config VALUES ('schema_version', '5');",
+        )
+        .expect("write");
+        let layer = dir.path().join("layer");
+        std::fs::create_dir(&layer).expect("mkdir");
+        let password = Secret::new("t", "comm-Pass-8812");
+        let scripts = [schema, seed];
+        let loaded = load(
+            &LoadSpec {
+                template_root: &template,
+                databases: &[LoadDatabase {
+                    name: "apicomm",
+                    role: "comm",
+                    password: &password,
+                    content: Content::Init(&scripts),
+                }],
+                jobs: 1,
+            },
+            &layer,
+            &ctx,
+        )
+        .await
+        .expect("load");
+        assert_eq!(
+            loaded.databases["apicomm"],
+            BTreeMap::from([
+                ("userlogins5.config".to_string(), 1),
+                ("userlogins5.strategies".to_string(), 0),
+                ("userlogins5.users".to_string(), 0),
+            ])
+        );
+        nothing_mounted_under(&[dir.path(), &template]);
+        let major = find_major(&template).expect("major");
+        let ids = postgres_ids(&template).expect("ids");
+        let owners = query_layer(
+            &layer,
+            &major,
+            ids,
+            "apicomm",
+            "SELECT string_agg(DISTINCT tableowner, ',') FROM pg_tables WHERE schemaname = 'userlogins5'",
+        );
+        assert_eq!(
+            owners, "comm",
+            "the application role owns what the scripts made"
+        );
+        assert!(!grep("comm-Pass-8812", &layer), "the password in the layer");
+
+        // A failing script fails the load and says which.
+        let broken = dir.path().join("03-broken.sql");
+        std::fs::write(&broken, "CREATE TABLE nowhere.t (x int);").expect("write");
+        let layer = dir.path().join("layer2");
+        std::fs::create_dir(&layer).expect("mkdir");
+        let scripts = [broken];
+        let error = load(
+            &LoadSpec {
+                template_root: &template,
+                databases: &[LoadDatabase {
+                    name: "apicomm",
+                    role: "comm",
+                    password: &password,
+                    content: Content::Init(&scripts),
+                }],
+                jobs: 1,
+            },
+            &layer,
+            &ctx,
+        )
+        .await
+        .unwrap_err();
+        let text = format!(
+            "{error}: {}",
+            std::fs::read_to_string(&ctx.log).unwrap_or_default()
+        );
+        assert!(text.contains("nowhere"), "{text}");
+        nothing_mounted_under(&[dir.path(), &template]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn dump_and_load_keep_a_concurrent_writer_consistent() {
         let Some(template) = template_root() else {
             return;

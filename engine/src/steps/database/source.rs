@@ -5,16 +5,14 @@
 //! The source URL is a [`Secret`]: no error or log line here contains it or its password; errors
 //! name the secret's identity (`env("TOXO_SOURCE_URL")`) instead.
 //!
-//! TLS: connections are plain (`NoTls`) for now. A URL that asks for `sslmode=require` is refused
-//! with [`SourceError::TlsRequired`]; `sslmode=prefer` (the default) connects without TLS.
+//! TLS follows libpq's `sslmode` (see [`super::tls`]): `prefer` (the default) encrypts when the
+//! server offers it, `verify-full` checks the certificate against `sslrootcert` and the host.
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use globset::{GlobBuilder, GlobMatcher};
-use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::Client;
 
 use crate::recipe::model::{LockBlock, Schemas};
 use crate::recipe::Secret;
@@ -33,11 +31,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum SourceError {
     #[error("the source `{identity}` is not a valid PostgreSQL URL or connection string")]
     BadUrl { identity: String },
-    #[error(
-        "the source `{identity}` requires TLS (sslmode=require), but vmbuild connects to \
-         PostgreSQL without TLS for now: use sslmode=prefer or disable, or a tunnel"
-    )]
-    TlsRequired { identity: String },
+    #[error("the TLS settings of the source `{identity}`: {source}")]
+    Tls {
+        identity: String,
+        #[source]
+        source: super::tls::TlsError,
+    },
     #[error("cannot reach the source `{identity}`: {reason}")]
     Unreachable { identity: String, reason: String },
     #[error("authentication failed for the source `{identity}`: {reason}")]
@@ -126,12 +125,20 @@ fn scrub(text: &str, url: &str, password: Option<&str>) -> String {
 /// transaction, and only to the tuning manager's claim row.
 pub async fn connect(url: &Secret) -> Result<Client, SourceError> {
     let identity = url.identity().to_string();
-    let mut config = Config::from_str(url.reveal()).map_err(|_| SourceError::BadUrl {
-        identity: identity.clone(),
+    let source = super::tls::parse(url.reveal()).map_err(|e| match e {
+        super::tls::TlsError::BadUrl => SourceError::BadUrl {
+            identity: identity.clone(),
+        },
+        source => SourceError::Tls {
+            identity: identity.clone(),
+            source,
+        },
     })?;
-    if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
-        return Err(SourceError::TlsRequired { identity });
-    }
+    let tls = super::tls::connector(&source).map_err(|source| SourceError::Tls {
+        identity: identity.clone(),
+        source,
+    })?;
+    let mut config = source.config;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
@@ -141,7 +148,7 @@ pub async fn connect(url: &Secret) -> Result<Client, SourceError> {
     let password = config
         .get_password()
         .map(|p| String::from_utf8_lossy(p).into_owned());
-    let (client, connection) = match config.connect(NoTls).await {
+    let (client, connection) = match config.connect(tls).await {
         Ok(pair) => pair,
         Err(e) => {
             let text = scrub(&reason(&e), url.reveal(), password.as_deref());
@@ -632,7 +639,9 @@ mod tests {
     use crate::recipe::model::DurationText;
     use std::path::Path;
     use std::process::Command;
+    use std::str::FromStr;
     use tokio_postgres::config::Host;
+    use tokio_postgres::{Config, NoTls};
 
     /// A database of its own for one test, dropped when the test ends (even by a panic).
     struct TestDb {
@@ -855,14 +864,98 @@ mod tests {
         assert!(!text.contains(wrong) && !text.contains("someone"), "{text}");
         assert!(!format!("{err:?}").contains(wrong));
 
+        // Over TLS, a wrong password is still a wrong password.
         let url = Secret::new(
             "env(\"Z\")",
-            format!("postgres://someone:{wrong}@127.0.0.1/postgres?sslmode=require"),
+            format!(
+                "{} sslmode=require",
+                conninfo(&admin, "postgres", Some(wrong), None)
+            ),
         );
         let err = connect(&url).await.unwrap_err();
         eprintln!("{err}");
-        assert!(matches!(err, SourceError::TlsRequired { .. }), "{err}");
+        assert!(matches!(err, SourceError::Authentication { .. }), "{err}");
         assert!(!err.to_string().contains(wrong));
+    }
+
+    /// Whether this session is encrypted.
+    async fn encrypted(client: &Client) -> bool {
+        client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("pg_stat_ssl")
+            .get(0)
+    }
+
+    /// The test server's certificate: Debian's cluster serves the snakeoil certificate,
+    /// self-signed for `localhost`.
+    const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
+    #[tokio::test]
+    async fn tls_follows_libpq_sslmode() {
+        let Some(admin) = admin_config() else { return };
+        if !Path::new(SNAKEOIL).is_file() {
+            eprintln!("skipped: the test server's certificate {SNAKEOIL} is not here");
+            return;
+        }
+        let base = conninfo(&admin, "postgres", None, None);
+        let with = |host: &str, extra: &str| {
+            let url = format!("{base} {extra}").replace(
+                &format!(
+                    "host='{}'",
+                    match admin.get_hosts().first() {
+                        Some(Host::Tcp(h)) => h.clone(),
+                        _ => String::new(),
+                    }
+                ),
+                &format!("host='{host}'"),
+            );
+            Secret::new("env(\"TLS\")", url)
+        };
+        let client = connect(&with("127.0.0.1", "sslmode=disable"))
+            .await
+            .unwrap();
+        assert!(!encrypted(&client).await, "disable");
+        // prefer (the default) and require encrypt, and check no certificate.
+        let client = connect(&with("127.0.0.1", "")).await.unwrap();
+        assert!(encrypted(&client).await, "prefer");
+        let client = connect(&with("127.0.0.1", "sslmode=require"))
+            .await
+            .unwrap();
+        assert!(encrypted(&client).await, "require");
+        // verify-full: the chain and the name.
+        let root = format!("sslrootcert={SNAKEOIL}");
+        let client = connect(&with("localhost", &format!("sslmode=verify-full {root}")))
+            .await
+            .unwrap();
+        assert!(encrypted(&client).await, "verify-full");
+        let err = connect(&with("127.0.0.1", &format!("sslmode=verify-full {root}")))
+            .await
+            .unwrap_err()
+            .to_string();
+        eprintln!("{err}");
+        assert!(
+            err.contains("certificate") && err.contains("env(\"TLS\")"),
+            "{err}"
+        );
+        // verify-ca: the chain only.
+        let client = connect(&with("127.0.0.1", &format!("sslmode=verify-ca {root}")))
+            .await
+            .unwrap();
+        assert!(encrypted(&client).await, "verify-ca");
+        // A root that did not sign the server's certificate.
+        let err = connect(&with(
+            "localhost",
+            "sslmode=verify-full sslrootcert=/etc/ssl/certs/ca-certificates.crt",
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+        eprintln!("{err}");
+        assert!(err.contains("certificate"), "{err}");
     }
 
     #[tokio::test]
