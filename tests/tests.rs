@@ -5,6 +5,7 @@ mod support;
 
 mod caching;
 mod cli;
+mod config;
 mod crash;
 mod databases;
 mod diagnostics;

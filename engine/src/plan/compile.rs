@@ -11,6 +11,7 @@ use crate::diag::{Diagnostic, Diagnostics, Span};
 use crate::recipe::{DatabaseBlock, DatabaseEngine, Named};
 use crate::recipe::{Provision, Recipe, Seg};
 use crate::steps::command::CommandStep;
+use crate::steps::config::{ConfigStep, DatabaseFacts};
 use crate::steps::database::dump_step::DumpStep;
 use crate::steps::database::load_step::{LoadStep, Origin, PlannedDatabase};
 use crate::steps::debootstrap::DebootstrapStep;
@@ -124,6 +125,20 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
             push(&mut steps, SourceStep::new(source, Some(&last)));
             layers.push(SourceStep::layer(source));
         }
+        for config in &recipe.configs {
+            let Some(template) = recipe.config_templates.get(&config.name) else {
+                continue;
+            };
+            let step = ConfigStep::new(
+                config,
+                template,
+                plain_variables(recipe),
+                database_facts(recipe),
+                &last,
+            );
+            push(&mut steps, step);
+            layers.push(ConfigStep::layer(config));
+        }
         layers.extend(self::layers(recipe));
         let disk = DiskStep::new(template, &last, layers);
         let disk_id = disk.id().to_string();
@@ -188,6 +203,15 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
         }
     }
     if recipe.templates.is_empty() {
+        for config in &recipe.configs {
+            diagnostics.push(
+                Diagnostic::error(
+                    "a config file is written into the VM, and the recipe has no template",
+                )
+                .at(&config.header(), "no VM to write it into")
+                .help("add a `template` block"),
+            );
+        }
         for database in &recipe.databases {
             diagnostics.push(
                 Diagnostic::error(
@@ -202,7 +226,6 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
         .files
         .iter()
         .map(|b| ("files", b.header()))
-        .chain(recipe.configs.iter().map(|b| ("config", b.header())))
         .chain(recipe.sanitize.iter().map(|b| ("sanitize", b.header())))
         .collect();
     for (kind, span) in unbuilt {
@@ -216,6 +239,39 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
         return Err(diagnostics);
     }
     Ok(steps)
+}
+
+/// The recipe's variables that config templates may use: the non-sensitive ones, as text.
+fn plain_variables(recipe: &Recipe) -> std::collections::BTreeMap<String, String> {
+    recipe
+        .variables
+        .iter()
+        .filter(|(_, v)| !v.sensitive)
+        .map(|(name, v)| {
+            let text = match &v.value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (name.clone(), text)
+        })
+        .collect()
+}
+
+/// What config templates may know of each database block: its name and role in the VM.
+fn database_facts(recipe: &Recipe) -> std::collections::BTreeMap<String, DatabaseFacts> {
+    recipe
+        .databases
+        .iter()
+        .map(|d| {
+            (
+                d.name.clone(),
+                DatabaseFacts {
+                    into: d.block.into.clone(),
+                    role: d.block.role.clone().unwrap_or_else(|| d.block.into.clone()),
+                },
+            )
+        })
+        .collect()
 }
 
 /// The dump steps of the recipe's databases (pushed onto `steps`) and the one load step that

@@ -8,6 +8,7 @@ mod eval;
 pub mod fmt;
 pub mod model;
 mod syntax;
+pub mod template;
 mod value;
 
 use std::collections::{BTreeMap, HashMap};
@@ -83,6 +84,18 @@ pub struct Recipe {
     pub qa: Option<Named<QaBlock>>,
     /// Files read by `file()`, relative to `dir`, with the digests of their contents.
     pub files_read: BTreeMap<PathBuf, crate::hash::Digest>,
+    /// The template of each `config` block (by block name), read and checked at load.
+    pub config_templates: BTreeMap<String, ConfigTemplate>,
+}
+
+/// A `config` block's template file: its text (one of the recipe's [`Sources`], so diagnostics
+/// can point into it) and what it parses to.
+#[derive(Debug, Clone)]
+pub struct ConfigTemplate {
+    /// The index of the file in [`Recipe::sources`].
+    pub file: usize,
+    pub text: std::sync::Arc<str>,
+    pub template: template::Template,
 }
 
 /// Every top-level block kind and how many labels it takes.
@@ -146,6 +159,10 @@ impl Recipe {
         let mut items = Vec::new();
         let recipe = evaluate(path, &dir, &sources, body, options, &mut items);
         diagnostics.items.extend(items);
+        if let Some(recipe) = &recipe {
+            // With the config templates read meanwhile, which diagnostics may point into.
+            diagnostics.sources = recipe.sources.clone();
+        }
         match recipe {
             Some(recipe) if !diagnostics.has_errors() => Ok(recipe),
             _ => Err(diagnostics),
@@ -302,6 +319,7 @@ fn evaluate(
         outputs: vec![],
         qa: None,
         files_read: BTreeMap::new(),
+        config_templates: BTreeMap::new(),
     };
     let mut seen_names: HashMap<(String, String), Span> = HashMap::new();
     for block in &blocks {
@@ -395,6 +413,7 @@ fn evaluate(
         .map(|b| format!("{}.{}", b.kind, b.labels[0].0))
         .collect();
     validate(&recipe, &declared, diagnostics);
+    check_configs(&mut recipe, diagnostics);
     recipe.files_read = std::mem::take(&mut scope.files_read);
     Some(recipe)
 }
@@ -540,6 +559,171 @@ fn json_to_value(json: &serde_json::Value, span: &Span) -> SValue {
     }
 }
 
+/// Read each `config` block's template, add it to the recipe's sources, and check that every
+/// name in it is a value the block can fill: a key of `values`, a variable that is not
+/// sensitive, or a field of a database of the recipe.
+fn check_configs(recipe: &mut Recipe, diagnostics: &mut Vec<Diagnostic>) {
+    use template::{reference, Reference, DATABASE_FIELDS};
+    let configs = recipe.configs.clone();
+    for config in &configs {
+        let block = &config.block;
+        let span = |key: &str| {
+            config
+                .spans
+                .value(&[Seg::Key(key.into())])
+                .unwrap_or(config.header())
+        };
+        if !block.to.starts_with('/') || block.to.ends_with('/') {
+            diagnostics.push(
+                Diagnostic::error(format!(
+                    "`to` must be a file's absolute path in the VM, not `{}`",
+                    block.to
+                ))
+                .at(&span("to"), "for example \"/etc/site/site.conf\""),
+            );
+        }
+        if let Some(mode) = &block.mode {
+            if u32::from_str_radix(mode, 8).map_or(true, |m| m > 0o7777) {
+                diagnostics.push(
+                    Diagnostic::error(format!("`{mode}` is not an octal file mode"))
+                        .at(&span("mode"), "for example \"0640\""),
+                );
+            }
+        }
+        for (key, value) in &block.values {
+            if value.is_secret() {
+                diagnostics.push(
+                    Diagnostic::error(format!(
+                        "the value `{key}` is sensitive, and a config file is written into the VM"
+                    ))
+                    .at(&span("values"), "a secret would ship in the image")
+                    .help("the VM's database passwords are `{{ database.NAME.password }}`; a production secret never belongs in the VM"),
+                );
+            }
+        }
+        for (i, target) in block.replaces.iter().enumerate() {
+            let known = recipe
+                .git_sources
+                .iter()
+                .map(|s| format!("source.{}", s.name))
+                .chain(recipe.files.iter().map(|s| format!("files.{}", s.name)))
+                .chain(
+                    recipe
+                        .steps
+                        .iter()
+                        .filter(|s| s.block.into.is_some())
+                        .map(|s| format!("step.{}", s.name)),
+                )
+                .chain(recipe.configs.iter().map(|s| format!("config.{}", s.name)))
+                .any(|id| id == *target);
+            if !known {
+                let span = config.spans.item("replaces", i).unwrap_or(config.header());
+                diagnostics.push(
+                    Diagnostic::error(format!(
+                        "`{target}` is not a layer that `config.{}` could replace",
+                        config.name
+                    ))
+                    .at(
+                        &span,
+                        "name a `source`, `files`, `config`, or a `step` that has `into`",
+                    ),
+                );
+            }
+        }
+        let path = if recipe.dir == Path::new(".") {
+            PathBuf::from(&block.template)
+        } else {
+            recipe.dir.join(&block.template)
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => {
+                diagnostics.push(
+                    Diagnostic::error(format!(
+                        "cannot read the template `{}`: {e}",
+                        block.template
+                    ))
+                    .at(&span("template"), "this file")
+                    .help("templates are relative to the recipe's folder"),
+                );
+                continue;
+            }
+        };
+        let file = recipe.sources.add(path, text);
+        let text = recipe.sources.get(file).text.clone();
+        let parsed = match template::parse(&text) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                diagnostics.push(
+                    Diagnostic::error(format!(
+                        "the template of `config.{}`: {}",
+                        config.name, e.message
+                    ))
+                    .at(&Span::new(file, e.span.clone()), e.label)
+                    .also(&span("template"), "the template"),
+                );
+                continue;
+            }
+        };
+        let databases: Vec<&str> = recipe.databases.iter().map(|d| d.name.as_str()).collect();
+        for (name, range) in parsed.names() {
+            let at = Span::new(file, range.clone());
+            let problem = match reference(name) {
+                Reference::Value(key) if block.values.contains_key(key) => None,
+                Reference::Value(key) => Some(
+                    Diagnostic::error(format!("`{key}` is not a value of `config.{}`", config.name))
+                        .at(&at, "unknown value")
+                        .help(did_you_mean(key, block.values.keys().map(String::as_str)).unwrap_or_else(|| {
+                            format!("add it to the block: `values = {{ {key} = \"...\" }}`")
+                        })),
+                ),
+                Reference::Variable(variable) => match recipe.variables.get(variable) {
+                    Some(v) if v.sensitive => Some(
+                        Diagnostic::error(format!(
+                            "`var.{variable}` is sensitive, and a config file is written into the VM"
+                        ))
+                        .at(&at, "a secret would ship in the image"),
+                    ),
+                    Some(_) => None,
+                    None => Some(
+                        Diagnostic::error(format!("the recipe declares no variable `{variable}`"))
+                            .at(&at, "unknown variable")
+                            .help_opt(did_you_mean(
+                                variable,
+                                recipe.variables.keys().map(String::as_str),
+                            )),
+                    ),
+                },
+                Reference::Database { block: db, .. } if databases.contains(&db) => None,
+                Reference::Database { block: db, .. } => Some(
+                    Diagnostic::error(format!("the recipe has no `database \"{db}\"`"))
+                        .at(&at, "unknown database")
+                        .help_opt(did_you_mean(db, databases.iter().copied())),
+                ),
+                Reference::Unknown => Some(
+                    Diagnostic::error(format!("`{name}` is no value a config template can use"))
+                        .at(&at, "unknown name")
+                        .help(format!(
+                            "a key of `values`, `var.NAME`, or `database.NAME.FIELD` where FIELD is one of {}",
+                            DATABASE_FIELDS.join(", ")
+                        )),
+                ),
+            };
+            if let Some(problem) = problem {
+                diagnostics.push(problem.also(&span("template"), "in this template"));
+            }
+        }
+        recipe.config_templates.insert(
+            config.name.clone(),
+            ConfigTemplate {
+                file,
+                text,
+                template: parsed,
+            },
+        );
+    }
+}
+
 /// Cross-block checks: references name existing blocks, and `after` has no cycle.
 fn validate(recipe: &Recipe, ids: &[String], diagnostics: &mut Vec<Diagnostic>) {
     for step in &recipe.steps {
@@ -595,14 +779,21 @@ fn validate(recipe: &Recipe, ids: &[String], diagnostics: &mut Vec<Diagnostic>) 
                 || recipe
                     .git_sources
                     .iter()
-                    .any(|s| format!("source.{}", s.name) == *target);
+                    .any(|s| format!("source.{}", s.name) == *target)
+                || recipe
+                    .configs
+                    .iter()
+                    .any(|s| format!("config.{}", s.name) == *target);
             if !is_layer {
                 diagnostics.push(
                     Diagnostic::error(format!(
                         "`{target}` is not a layer that `step.{}` could replace",
                         step.name
                     ))
-                    .at(&span, "name a `source`, or a `step` block that has `into`")
+                    .at(
+                        &span,
+                        "name a `source`, a `config`, or a `step` block that has `into`",
+                    )
                     .help_opt(did_you_mean(target, ids.iter().map(String::as_str))),
                 );
             }

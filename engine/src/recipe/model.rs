@@ -279,14 +279,22 @@ pub struct FilesBlock {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigBlock {
+    /// The template file, relative to the recipe: text with `{{ NAME }}` placeholders.
     pub template: String,
+    /// Where the rendered file goes in the VM (an absolute path).
     pub to: String,
+    /// Values the template names by key (`{{ site }}`).
     #[serde(default)]
     pub values: BTreeMap<String, Text>,
+    /// Octal file mode, `"0640"`; default 0644, or 0640 when the file holds a password.
     #[serde(default)]
     pub mode: Option<String>,
+    /// `user` or `user:group` of the VM (names from its `/etc/passwd`), or numeric ids.
     #[serde(default)]
     pub owner: Option<String>,
+    /// Layers whose file at `to` this one may overwrite (`source.NAME`, `files.NAME`).
+    #[serde(default)]
+    pub replaces: Vec<String>,
 }
 
 /// `sanitize { ... }`: what is scrubbed from the image, and what must appear nowhere.

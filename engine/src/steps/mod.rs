@@ -3,6 +3,7 @@
 
 pub mod chroot;
 pub mod command;
+pub mod config;
 pub mod database;
 pub mod debootstrap;
 pub mod disk;
