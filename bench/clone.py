@@ -118,7 +118,7 @@ def main():
         schema_args = [a for s in SCHEMAS for a in ("-n", s)]
         base_dump, _ = timed(["pg_dump", "-Fd", "-j2", "--no-owner", "--no-privileges", *schema_args,
                               "-f", dump_dir, "-d", url])
-        base_restore, _ = timed(["sh", "-c", f"createdb -d '{base_url}' {target} && "
+        base_restore, _ = timed(["sh", "-c", f"createdb --maintenance-db='{base_url}' {target} && "
                                  f"pg_restore -j2 --no-owner --no-privileges -d '{url.rsplit('/', 1)[0]}/{target}' {dump_dir}"])
         psql("postgres", f"DROP DATABASE IF EXISTS {target}")
 

@@ -9,6 +9,7 @@ mod config;
 mod crash;
 mod databases;
 mod diagnostics;
+mod diff;
 mod e2e;
 mod parallel;
 mod secrets;

@@ -16,6 +16,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod diag;
+pub mod diff;
 pub mod events;
 pub mod exec;
 pub mod hash;

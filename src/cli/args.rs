@@ -112,6 +112,22 @@ pub enum Command {
         #[arg(long, short = 'r', env = "VMBUILD_RECIPE", default_value = ".")]
         recipe: PathBuf,
     },
+    /// What changed between two builds: sources and their commits, databases, packages, files
+    Diff {
+        /// The earlier build: a manifest.json, or an output folder holding one
+        /// [default with --recipe: the build before the latest]
+        before: Option<PathBuf>,
+        /// The later build [default with --recipe: the latest]
+        after: Option<PathBuf>,
+        /// Compare builds of this recipe that the store keeps
+        #[arg(long, short = 'r')]
+        recipe: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
+        format: DiffFormat,
+        /// Do not read the commits between two revisions of a source (no git access)
+        #[arg(long)]
+        no_log: bool,
+    },
     /// Inspect the store
     Store {
         #[command(subcommand)]
@@ -146,6 +162,12 @@ pub enum PlanFormat {
     Text,
     Json,
     Markdown,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DiffFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 
 mod args;
 mod diagnostics;
+mod diff;
 mod progress;
 mod render;
 
@@ -20,7 +21,7 @@ use engine::recipe::{LoadOptions, Recipe};
 use engine::store::Store;
 use tokio_util::sync::CancellationToken;
 
-use args::{Args, Command, GraphFormat, PlanFormat, StoreCommand, VarArgs};
+use args::{Args, Command, DiffFormat, GraphFormat, PlanFormat, StoreCommand, VarArgs};
 
 /// Whether to color output: a terminal, and no `NO_COLOR`.
 pub fn color_enabled() -> bool {
@@ -295,6 +296,33 @@ fn run(args: Args) -> Outcome {
                 }
             }
         }
+        Command::Diff {
+            before,
+            after,
+            recipe,
+            format,
+            no_log,
+        } => {
+            let store = store_at(&args)?;
+            let (before, after) = diff_operands(&store, before, after, recipe.as_deref())?;
+            let options = engine::diff::DiffOptions {
+                read_logs: !no_log,
+                store: Some(&store),
+            };
+            let manifests = (
+                engine::diff::read_manifest(&before)?,
+                engine::diff::read_manifest(&after)?,
+            );
+            let result = engine::diff::diff(&manifests.0, &manifests.1, &options);
+            match format {
+                DiffFormat::Text => print!("{}", diff::text(&result)),
+                DiffFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).expect("a diff serializes")
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Gc {
             recipes,
             keep_last,
@@ -415,6 +443,36 @@ fn apply(
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The two manifests to compare: as given, or the store's builds of `recipe` (the latest, and
+/// the one before it).
+fn diff_operands(
+    store: &Store,
+    before: &Option<PathBuf>,
+    after: &Option<PathBuf>,
+    recipe: Option<&Path>,
+) -> Result<(PathBuf, PathBuf), Failure> {
+    if let (Some(before), Some(after)) = (before, after) {
+        return Ok((before.clone(), after.clone()));
+    }
+    let Some(recipe) = recipe else {
+        return Err(Failure::Message(
+            "give two builds (manifest.json files or output folders), or `--recipe RECIPE` to compare the builds the store keeps of it".into(),
+        ));
+    };
+    let builds = store.builds(&Store::namespace(recipe))?;
+    match (before, builds.as_slice()) {
+        (Some(before), [.., latest]) => Ok((before.clone(), latest.clone())),
+        (None, [.., previous, latest]) => Ok((previous.clone(), latest.clone())),
+        (_, found) => Err(Failure::Message(format!(
+            "the store keeps {} build{} of `{}`: a diff needs {}",
+            found.len(),
+            if found.len() == 1 { "" } else { "s" },
+            recipe.display(),
+            if before.is_some() { "one" } else { "two" }
+        ))),
+    }
 }
 
 fn show(plan: &Plan, store: &Store, id: &str) -> Outcome {

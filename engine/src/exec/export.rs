@@ -39,6 +39,8 @@ pub enum ExportError {
         #[source]
         source: crate::steps::StepError,
     },
+    #[error("keeping the build's manifest in the store")]
+    Store(#[source] crate::store::StoreError),
     #[error("copying `{from}` to `{to}` failed: {detail}")]
     Copy {
         from: PathBuf,
@@ -77,6 +79,9 @@ pub struct ManifestStep {
 pub struct Manifest {
     pub vmbuild: String,
     pub recipe: String,
+    /// The recipe's folder, absolute: where its relative paths (a local git repository) lead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe_dir: Option<PathBuf>,
     pub finished: jiff::Timestamp,
     pub variables: BTreeMap<String, serde_json::Value>,
     pub steps: Vec<ManifestStep>,
@@ -169,6 +174,7 @@ pub fn export(
     let manifest = Manifest {
         vmbuild: env!("CARGO_PKG_VERSION").to_string(),
         recipe: plan.recipe_path.display().to_string(),
+        recipe_dir: std::fs::canonicalize(&plan.recipe_dir).ok(),
         finished: jiff::Timestamp::now(),
         variables,
         steps: plan
@@ -192,8 +198,11 @@ pub fn export(
         artifacts: sums,
     };
     let manifest_path = dir.join("manifest.json");
-    let text = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
-    std::fs::write(&manifest_path, text + "\n").map_err(io("write", &manifest_path))?;
+    let text = serde_json::to_string_pretty(&manifest).expect("a manifest serializes") + "\n";
+    std::fs::write(&manifest_path, &text).map_err(io("write", &manifest_path))?;
+    store
+        .record_build(&plan.namespace, manifest.finished, text.as_bytes())
+        .map_err(ExportError::Store)?;
     let state_text = serde_json::to_string_pretty(&state).expect("export state serializes");
     std::fs::write(&state_path, state_text).map_err(io("write", &state_path))?;
     Ok(Some(result))

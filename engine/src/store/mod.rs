@@ -12,6 +12,7 @@
 //! logs/<ns>/<step>.log    the latest log of a step, also of a failed run
 //! locks/<key>.lock        flock held while a key is being built
 //! tmp/<random>/           staging areas; never trusted, removed by gc
+//! builds/<ns>/<time>.json the manifest of each exported build of a recipe (`vmbuild diff`)
 //! cache/                  what steps keep between runs (downloads); never in a key
 //! secret.key              32 random bytes (mode 0600) keying digests of secret values
 //! ```
@@ -231,6 +232,42 @@ impl Store {
     /// What steps keep between runs (downloaded packages, stat caches): never part of a key.
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
+    }
+
+    /// Keep the manifest of a build of the recipe namespace `ns`: `builds/<ns>/<time>.json`,
+    /// named by when it finished (`20261202T031536.123456789Z`), written atomically.
+    pub fn record_build(
+        &self,
+        ns: &str,
+        finished: jiff::Timestamp,
+        manifest: &[u8],
+    ) -> Result<PathBuf, StoreError> {
+        let name = finished.strftime("%Y%m%dT%H%M%S.%fZ").to_string();
+        let path = self
+            .root
+            .join("builds")
+            .join(ns)
+            .join(format!("{name}.json"));
+        self.write_atomic(&path, manifest)?;
+        Ok(path)
+    }
+
+    /// The manifests of the builds of namespace `ns`, oldest first.
+    pub fn builds(&self, ns: &str) -> Result<Vec<PathBuf>, StoreError> {
+        let dir = self.root.join("builds").join(ns);
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                let mut found: Vec<PathBuf> = entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                    .collect();
+                found.sort();
+                Ok(found)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(StoreError::io("list", &dir, e)),
+        }
     }
 
     /// The store's own secret: 32 random bytes in `secret.key` (mode 0600), made on first use.

@@ -479,6 +479,84 @@ pub fn resolve_local(path: &Path, git_ref: &str) -> Result<Resolution, ResolveEr
     Ok(Resolution { commit, kind })
 }
 
+/// The commits after `before` up to `after` (`git log before..after`), one line each (short id
+/// and subject), newest first, at most `limit`; and how many there are in all. A repository on
+/// this machine is read in place; a remote one is fetched (commits and trees, no file contents)
+/// into a temporary repository.
+pub fn log_between(
+    location: &Location,
+    before: &str,
+    after: &str,
+    limit: usize,
+) -> Result<(Vec<String>, usize), String> {
+    if !is_commit_id(before) || !is_commit_id(after) {
+        return Err("not two commit ids".into());
+    }
+    let temporary;
+    let repo = match location {
+        Location::Local(path) => {
+            std::fs::canonicalize(path).map_err(|e| format!("`{}`: {e}", path.display()))?
+        }
+        Location::Remote(url) => {
+            temporary = tempfile::Builder::new()
+                .prefix("vmbuild-log-")
+                .tempdir()
+                .map_err(|e| format!("a temporary folder: {e}"))?;
+            let repo = temporary.path().to_path_buf();
+            git(Some(&repo), &["init", "-q", "--bare"], &[])?;
+            let by_id = git(
+                Some(&repo),
+                &[
+                    "fetch",
+                    "-q",
+                    "--filter=blob:none",
+                    "--no-tags",
+                    "--",
+                    url,
+                    before,
+                    after,
+                ],
+                &[],
+            );
+            if by_id.is_err() {
+                git(
+                    Some(&repo),
+                    &[
+                        "fetch",
+                        "-q",
+                        "--filter=blob:none",
+                        "--",
+                        url,
+                        "+refs/heads/*:refs/remotes/origin/*",
+                        "+refs/tags/*:refs/tags/*",
+                    ],
+                    &[],
+                )?;
+            }
+            repo
+        }
+    };
+    let range = format!("{before}..{after}");
+    let count: usize = git(Some(&repo), &["rev-list", "--count", &range, "--"], &[])?
+        .trim()
+        .parse()
+        .map_err(|_| "git rev-list printed no count".to_string())?;
+    let limit_arg = format!("--max-count={limit}");
+    let log = git(
+        Some(&repo),
+        &[
+            "log",
+            "--no-decorate",
+            "--format=%h %s",
+            &limit_arg,
+            &range,
+            "--",
+        ],
+        &[],
+    )?;
+    Ok((log.lines().map(str::to_string).collect(), count))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
