@@ -376,6 +376,9 @@ pub struct HttpCheck {
     pub expect_status: Option<u16>,
     #[serde(default)]
     pub expect_body: Option<String>,
+    /// Text the body must not contain (an excluded schema's name, a private address).
+    #[serde(default)]
+    pub reject_body: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -524,10 +524,13 @@ async fn run_http_check(vm: &Vm, spec: &BootSpec, check: &HttpCheck) -> CheckRes
     let expect_status = check.expect_status.unwrap_or(200);
     let port = vm.host_port(guest_port).unwrap_or_default();
     let host = host_header(guest_port);
-    let expected = match &check.expect_body {
+    let mut expected = match &check.expect_body {
         Some(body) => format!("status {expect_status} and a body containing {body:?}"),
         None => format!("status {expect_status}"),
     };
+    if let Some(rejected) = &check.reject_body {
+        expected.push_str(&format!(" and not {rejected:?}"));
+    }
     let warm_until = started + WARMUP_GRACE;
     let (passed, seen) = loop {
         let outcome = http::get(port, &host, &check.path, Duration::from_secs(30)).await;
@@ -550,7 +553,11 @@ async fn run_http_check(vm: &Vm, spec: &BootSpec, check: &HttpCheck) -> CheckRes
                 let body_ok = check
                     .expect_body
                     .as_ref()
-                    .is_none_or(|want| contains(&r.body, want.as_bytes()));
+                    .is_none_or(|want| contains(&r.body, want.as_bytes()))
+                    && check
+                        .reject_body
+                        .as_ref()
+                        .is_none_or(|unwanted| !contains(&r.body, unwanted.as_bytes()));
                 (
                     r.status == expect_status && body_ok,
                     format!(
