@@ -177,9 +177,17 @@ pub struct Store {
 impl Store {
     /// Open (creating if needed) the store at `root`.
     ///
-    /// Creates the layout folders and `VERSION`; refuses a store of another layout version.
+    /// Creates the layout folders and `VERSION`; refuses a store of another layout version. A
+    /// store folder it creates is mode 0700.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let existed = root.exists();
         std::fs::create_dir_all(root).ctx("create the store folder", root)?;
+        if !existed {
+            // Dumps of production data and the VMs' own passwords live here: its owner's only.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+                .ctx("restrict the store folder", root)?;
+        }
         let store = Store {
             root: root.to_path_buf(),
         };

@@ -676,3 +676,12 @@ fn the_secret_key_is_made_once_private_and_kept() {
     assert_eq!(mode & 0o777, 0o600);
     assert!(store.verify(false).unwrap().problems.is_empty());
 }
+
+#[test]
+fn a_new_store_is_its_owners_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("new-store");
+    Store::open(&root).unwrap();
+    let mode = std::fs::metadata(&root).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
