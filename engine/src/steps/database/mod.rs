@@ -1,12 +1,14 @@
 //! Database cloning: the production source (connect, allowlist, fingerprint, export lock), the
 //! dump of an allowlist in one snapshot, and the load into the VM's own PostgreSQL; and the two
-//! step kinds made of them, `pg_dump` (`database.NAME.dump`, one per cloned database) and
-//! `pg_load` (`database.load`, every database of the recipe in the VM's one cluster).
+//! step kinds made of them, `pg_dump` (`database.NAME.dump`, one per cloned database; with the
+//! cargo feature `oracle`, `oracle_dump` for an Oracle source, see [`oracle`]) and `pg_load`
+//! (`database.load`, every database of the recipe in the VM's one cluster).
 
 pub mod dump;
 pub mod dump_step;
 pub mod load;
 pub mod load_step;
+pub mod oracle;
 pub mod source;
 
 /// The file of a database step's output that says what it did, read by the load step and
