@@ -388,6 +388,19 @@ pub fn translate_default(text: &str) -> Option<String> {
     None
 }
 
+/// Whether a check condition is Oracle's form of NOT NULL (`"COL" IS NOT NULL`), which the
+/// column's `nullable` already says.
+pub fn is_not_null_check(condition: &str) -> bool {
+    let c = condition.trim();
+    let Some(rest) = c.strip_prefix('"') else {
+        return false;
+    };
+    match rest.split_once('"') {
+        Some((name, tail)) => !name.is_empty() && tail.trim().eq_ignore_ascii_case("IS NOT NULL"),
+        None => false,
+    }
+}
+
 /// Words of Oracle SQL with no PostgreSQL equivalent here.
 const UNTRANSLATABLE: &[&str] = &[
     "ROWNUM",
@@ -1588,6 +1601,14 @@ mod tests {
         assert_eq!(translate_default("'a' || 'b'"), None);
         assert_eq!(translate_default("USERENV('SESSIONID')"), None);
         assert_eq!(translate_default("core.seq.nextval"), None);
+    }
+
+    #[test]
+    fn not_null_checks_are_told_apart() {
+        assert!(is_not_null_check("\"NAME\" IS NOT NULL"));
+        assert!(is_not_null_check(" \"A B\" is not null "));
+        assert!(!is_not_null_check("\"NAME\" IS NOT NULL AND \"X\" > 0"));
+        assert!(!is_not_null_check("LENGTH > 0"));
     }
 
     #[test]

@@ -11,7 +11,11 @@
 
 pub mod connect;
 pub mod convert;
+#[cfg(feature = "oracle")]
+pub mod export;
 #[cfg(test)]
 mod postgres_tests;
+#[cfg(feature = "oracle")]
+pub mod session;
 pub mod sql;
 pub mod types;
