@@ -13,6 +13,8 @@ pub mod connect;
 pub mod convert;
 #[cfg(feature = "oracle")]
 pub mod export;
+#[cfg(all(test, feature = "oracle"))]
+mod live_tests;
 #[cfg(test)]
 mod postgres_tests;
 #[cfg(feature = "oracle")]

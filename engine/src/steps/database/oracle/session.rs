@@ -123,6 +123,12 @@ impl Session {
         &self.identity
     }
 
+    /// The connection itself, for tests that set up tables.
+    #[cfg(test)]
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     pub fn interrupter(&self) -> Interrupter {
         Interrupter(self.conn.clone())
     }
