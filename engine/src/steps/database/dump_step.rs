@@ -140,7 +140,14 @@ impl Step for DumpStep {
     }
 
     fn secrets(&self) -> Vec<String> {
-        self.source.parts().to_vec()
+        let mut secrets = self.source.parts().to_vec();
+        // An Oracle URL's password may be %-escaped: its decoded form is a secret too.
+        if self.block.engine == DatabaseEngine::Oracle {
+            if let Ok(parsed) = super::oracle::connect::parse(self.source.reveal()) {
+                secrets.push(parsed.password().to_string());
+            }
+        }
+        secrets
     }
 
     fn details(&self) -> Vec<String> {

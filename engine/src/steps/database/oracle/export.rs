@@ -104,7 +104,11 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Expor
 /// way, and the blocking work's guards stop the Data Pump job and release the lock.
 pub async fn export(spec: ExportSpec, ctx: &RunContext) -> Result<Exported, StepError> {
     let interrupters: Arc<Mutex<Vec<Interrupter>>> = Arc::default();
-    let work_ctx = with_redactions(ctx, spec.url.parts());
+    let mut secrets = spec.url.parts().to_vec();
+    if let Ok(parsed) = super::connect::parse(spec.url.reveal()) {
+        secrets.push(parsed.password().to_string());
+    }
+    let work_ctx = with_redactions(ctx, &secrets);
     let registered = interrupters.clone();
     let mut work =
         tokio::task::spawn_blocking(move || export_blocking(&spec, &work_ctx, &registered));

@@ -13,6 +13,8 @@ pub mod connect;
 pub mod convert;
 #[cfg(feature = "oracle")]
 pub mod export;
+#[cfg(test)]
+pub(crate) mod fixture;
 #[cfg(all(test, feature = "oracle"))]
 mod live_tests;
 #[cfg(test)]

@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::convert::{convert, fixture, Converted};
+use super::convert::{convert, Converted};
+use super::fixture;
 use crate::recipe::Secret;
 use crate::steps::database::load::tests::{
     nothing_mounted_under, query_loaded, template_root, test_ctx,
