@@ -237,3 +237,92 @@ fn the_design_recipe_validates() {
         String::from_utf8_lossy(&run.stderr)
     );
 }
+
+/// A recipe cloning an Oracle source; its URL comes from `TOXO_ORACLE_URL`.
+const ORACLE_RECIPE: &str = r#"template "db" {
+  debootstrap {
+    suite    = "bookworm"
+    packages = ["postgresql"]
+  }
+}
+
+database "toxo" {
+  engine             = "oracle"
+  source             = env("TOXO_ORACLE_URL")
+  schemas            = databaseinfo("core.databaseinfo")
+  exclude_schemas    = ["staff_*"]
+  datapump_directory = "DATA_PUMP_DIR"
+  into               = "toxodb"
+}
+"#;
+
+/// A distinctive password in the source URL.
+const ORACLE_URL: &str = "oracle://gus_r:Oracle-Pw-5521@db.invalid:1521/toxoprod";
+
+/// Plan `recipe` with `TOXO_ORACLE_URL` set; exit 1, and nothing of the URL shown.
+fn plan_oracle(project: &Project, recipe: &str) -> crate::support::Run {
+    project.recipe(recipe);
+    let output = project
+        .command(&["plan", "site.hcl"])
+        .env("TOXO_ORACLE_URL", ORACLE_URL)
+        .output()
+        .expect("run vmbuild");
+    let run = crate::support::Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+    .code(1);
+    for secret in ["Oracle-Pw-5521", "db.invalid", "gus_r"] {
+        assert!(
+            !run.transcript().contains(secret),
+            "`{secret}` shown: {}",
+            run.transcript()
+        );
+    }
+    run
+}
+
+#[cfg(not(feature = "oracle"))]
+#[test]
+fn an_oracle_source_needs_the_oracle_feature() {
+    let project = Project::new();
+    let run = plan_oracle(&project, ORACLE_RECIPE);
+    snapshot!(
+        &project,
+        "diagnostic-oracle-without-the-feature",
+        run.transcript()
+    );
+}
+
+/// With the feature, plan connects; without Oracle's client libraries (none where vmbuild is
+/// developed) it says what to install; where they are, the host does not resolve. Either way
+/// the error is at `source`.
+#[cfg(feature = "oracle")]
+#[test]
+fn an_oracle_source_is_resolved_by_plan_and_fails_without_showing_the_url() {
+    let project = Project::new();
+    let run = plan_oracle(&project, ORACLE_RECIPE);
+    let text = run.transcript();
+    eprintln!("{text}");
+    assert!(
+        text.contains("Oracle's client libraries cannot be loaded")
+            || text.contains("cannot reach the source `env(\"TOXO_ORACLE_URL\")`"),
+        "{text}"
+    );
+    assert!(text.contains("this source"), "at `source`: {text}");
+}
+
+#[test]
+fn data_pump_is_for_oracle_sources() {
+    let project = Project::new();
+    let run = plan_oracle(
+        &project,
+        &ORACLE_RECIPE.replace("\"oracle\"", "\"postgres\""),
+    );
+    snapshot!(
+        &project,
+        "diagnostic-datapump-on-postgres",
+        run.transcript()
+    );
+}

@@ -312,14 +312,16 @@ fn databases(
             continue;
         }
         let origin = match database_origin(named, diagnostics) {
-            Some(Made::Cloned(source)) => match block.engine {
-                DatabaseEngine::Postgres => {
-                    let step = DumpStep::new(named, source);
-                    let id = step.id().to_string();
-                    push(steps, step);
-                    Origin::Dump { step: id }
+            Some(Made::Cloned(source)) => {
+                if block.engine == DatabaseEngine::Postgres && block.datapump_directory.is_some() {
+                    diagnostics.push(
+                        Diagnostic::error("`datapump_directory` is for Oracle sources")
+                            .at(&span("datapump_directory"), "Data Pump is Oracle's")
+                            .also(&span("engine"), "a PostgreSQL source"),
+                    );
+                    continue;
                 }
-                DatabaseEngine::Oracle => {
+                if block.engine == DatabaseEngine::Oracle && !cfg!(feature = "oracle") {
                     diagnostics.push(
                         Diagnostic::error("this vmbuild was built without Oracle support")
                             .at(&span("engine"), "an Oracle source")
@@ -327,7 +329,12 @@ fn databases(
                     );
                     continue;
                 }
-            },
+                // `pg_dump` or `oracle_dump`, by the block's engine.
+                let step = DumpStep::new(named, source);
+                let id = step.id().to_string();
+                push(steps, step);
+                Origin::Dump { step: id }
+            }
             Some(Made::Init(scripts)) => Origin::Init { scripts },
             None => continue,
         };
@@ -382,6 +389,7 @@ fn database_origin<'a>(
                 ("exclude_table_data", !block.exclude_table_data.is_empty()),
                 ("lock", block.lock.is_some()),
                 ("fingerprint", block.fingerprint.is_some()),
+                ("datapump_directory", block.datapump_directory.is_some()),
             ];
             let mut ok = true;
             for (key, set) in clone_only {

@@ -183,6 +183,10 @@ pub struct DatabaseBlock {
     /// A query whose result identifies the source's content (a release row, say).
     #[serde(default)]
     pub fingerprint: Option<String>,
+    /// Oracle only: also export the allowlist with Data Pump into this directory object of the
+    /// source (`DATA_PUMP_DIR`), copied into the step's output as `datapump/NAME.dmp`.
+    #[serde(default)]
+    pub datapump_directory: Option<String>,
     /// Schema installation scripts for an empty database (instead of `source`).
     #[serde(default)]
     pub init: Vec<String>,

@@ -9,6 +9,12 @@
 //! Apply takes the export lock when the recipe asks for one, dumps the allowlist in one
 //! snapshot, releases the lock (also on failure or Ctrl-C), and writes `dump/` (pg_dump's
 //! directory format) and `report.json` (schemas, excluded schemas, rows per table).
+//!
+//! The same step, of kind `oracle_dump`, exports an Oracle source (`engine = "oracle"`, with
+//! the cargo feature `oracle`): plan resolves and shows the same things through
+//! `super::oracle::session`; apply writes `dump.sql` (the conversion for PostgreSQL), with
+//! `datapump_directory` also `datapump/NAME.dmp`, and the same `report.json`, its names those
+//! of the clone (lower case). See `super::oracle::export`.
 
 use std::sync::OnceLock;
 
@@ -19,7 +25,7 @@ use super::source::{self, Allowlist, SourceError};
 use super::{block_on, REPORT_FILE};
 use crate::diag::{Diagnostic, Span};
 use crate::hash::Digest;
-use crate::recipe::{DatabaseBlock, Named, Secret, Seg};
+use crate::recipe::{DatabaseBlock, DatabaseEngine, Named, Schemas, Secret, Seg};
 use crate::steps::tools::PG_DUMP;
 use crate::steps::{io_error, ResolveContext, Resolved, RunContext, Step, StepError, StepFuture};
 
@@ -49,10 +55,13 @@ pub struct DumpReport {
     /// `schema.table` → rows in the dump.
     pub rows: std::collections::BTreeMap<String, i64>,
     pub bytes: u64,
+    /// What an Oracle conversion left out, for people (absent for PostgreSQL dumps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_translated: Vec<String>,
 }
 
 impl DumpStep {
-    /// The dump of a `database` block with a `source`.
+    /// The dump of a `database` block with a `source`, of its `engine`.
     pub fn new(named: &Named<DatabaseBlock>, source: &Secret) -> DumpStep {
         DumpStep {
             id: format!("database.{}.dump", named.name),
@@ -96,7 +105,10 @@ impl Step for DumpStep {
     }
 
     fn kind(&self) -> &'static str {
-        "pg_dump"
+        match self.block.engine {
+            DatabaseEngine::Postgres => "pg_dump",
+            DatabaseEngine::Oracle => "oracle_dump",
+        }
     }
 
     fn version(&self) -> u32 {
@@ -109,7 +121,7 @@ impl Step for DumpStep {
 
     fn params(&self) -> serde_json::Value {
         let found = self.found();
-        json!({
+        let mut params = json!({
             "source": self.source.identity(),
             "schemas": found.map(|f| &f.allowlist.schemas),
             "excluded": found.map(|f| &f.allowlist.excluded),
@@ -120,11 +132,22 @@ impl Step for DumpStep {
                 "rows": found.and_then(|f| f.fingerprint.as_ref())
                     .map(|rows| Digest::of_bytes(rows.as_bytes()).short()),
             })),
-        })
+        });
+        if self.block.engine == DatabaseEngine::Oracle {
+            params["datapump_directory"] = json!(self.block.datapump_directory);
+        }
+        params
     }
 
     fn secrets(&self) -> Vec<String> {
-        self.source.parts().to_vec()
+        let mut secrets = self.source.parts().to_vec();
+        // An Oracle URL's password may be %-escaped: its decoded form is a secret too.
+        if self.block.engine == DatabaseEngine::Oracle {
+            if let Ok(parsed) = super::oracle::connect::parse(self.source.reveal()) {
+                secrets.push(parsed.password().to_string());
+            }
+        }
+        secrets
     }
 
     fn details(&self) -> Vec<String> {
@@ -160,6 +183,9 @@ impl Step for DumpStep {
                 self.block.exclude_table_data.join(", ")
             ));
         }
+        if let Some(directory) = &self.block.datapump_directory {
+            lines.push(format!("data pump: into `{directory}`, copied out"));
+        }
         match &found.fingerprint {
             Some(rows) => {
                 let mut shown: String = rows.lines().collect::<Vec<_>>().join("; ");
@@ -185,17 +211,10 @@ impl Step for DumpStep {
                 .at(&self.header, "no `schemas`")
                 .help("`schemas = [\"apidb\", \"core\"]` or `schemas = databaseinfo(\"core.databaseinfo\")`")
         })?;
-        let found = block_on(async {
-            let client = source::connect(&self.source).await?;
-            let allowlist =
-                source::resolve_allowlist(&client, &schemas, &self.block.exclude_schemas).await?;
-            let fingerprint =
-                source::fingerprint(&client, self.block.fingerprint.as_deref()).await?;
-            Ok::<Found, SourceError>(Found {
-                allowlist,
-                fingerprint,
-            })
-        })
+        let found = match self.block.engine {
+            DatabaseEngine::Postgres => self.resolve_postgres(&schemas),
+            DatabaseEngine::Oracle => self.resolve_oracle(&schemas),
+        }
         .map_err(|e| self.diagnostic(&e))?;
         if found.allowlist.schemas.is_empty() {
             return Err(Diagnostic::error("no schema is left to clone")
@@ -217,6 +236,15 @@ impl Step for DumpStep {
         }
         let _ = self.found.set(found);
         let mut resolved = Resolved::default();
+        if self.block.engine == DatabaseEngine::Oracle {
+            #[cfg(feature = "oracle")]
+            if let Ok(version) = oracle::Version::client() {
+                resolved
+                    .tools
+                    .insert("oracle client".into(), version.to_string());
+            }
+            return Ok(resolved);
+        }
         let (program, _) = PG_DUMP.resolve(&self.span("source"))?;
         // Debian's pg_dump is a wrapper choosing the newest installed client: ask it.
         let version = std::process::Command::new(&program)
@@ -233,6 +261,9 @@ impl Step for DumpStep {
             let found = self
                 .found()
                 .ok_or_else(|| StepError::Unmet("the source was not resolved by plan".into()))?;
+            if self.block.engine == DatabaseEngine::Oracle {
+                return self.run_oracle(found, &ctx).await;
+            }
             let held = match &self.block.lock {
                 Some(lock) => {
                     ctx.say(&format!("waiting for the export lock `{}`", lock.name));
@@ -270,16 +301,103 @@ impl Step for DumpStep {
                 dumped.row_counts.values().sum::<i64>(),
                 dumped.bytes
             ));
-            let report = DumpReport {
-                schemas: found.allowlist.schemas.clone(),
-                excluded: found.allowlist.excluded.clone(),
-                rows: dumped.row_counts,
-                bytes: dumped.bytes,
-            };
-            let path = ctx.out.join(REPORT_FILE);
-            let text = serde_json::to_string_pretty(&report).expect("a report serializes");
-            std::fs::write(&path, text + "\n").map_err(io_error("write", &path))?;
-            Ok(())
+            write_report(
+                &ctx,
+                &DumpReport {
+                    schemas: found.allowlist.schemas.clone(),
+                    excluded: found.allowlist.excluded.clone(),
+                    rows: dumped.row_counts,
+                    bytes: dumped.bytes,
+                    not_translated: Vec::new(),
+                },
+            )
         })
+    }
+}
+
+/// Write `report.json` into the step's output.
+fn write_report(ctx: &RunContext, report: &DumpReport) -> Result<(), StepError> {
+    let path = ctx.out.join(REPORT_FILE);
+    let text = serde_json::to_string_pretty(report).expect("a report serializes");
+    std::fs::write(&path, text + "\n").map_err(io_error("write", &path))
+}
+
+impl DumpStep {
+    fn resolve_postgres(&self, schemas: &Schemas) -> Result<Found, SourceError> {
+        block_on(async {
+            let client = source::connect(&self.source).await?;
+            let allowlist =
+                source::resolve_allowlist(&client, schemas, &self.block.exclude_schemas).await?;
+            let fingerprint =
+                source::fingerprint(&client, self.block.fingerprint.as_deref()).await?;
+            Ok(Found {
+                allowlist,
+                fingerprint,
+            })
+        })
+    }
+
+    #[cfg(feature = "oracle")]
+    fn resolve_oracle(&self, schemas: &Schemas) -> Result<Found, SourceError> {
+        let session = super::oracle::session::Session::connect(&self.source)?;
+        let allowlist = session.allowlist(schemas, &self.block.exclude_schemas)?;
+        let fingerprint = session.fingerprint(self.block.fingerprint.as_deref())?;
+        Ok(Found {
+            allowlist,
+            fingerprint,
+        })
+    }
+
+    #[cfg(not(feature = "oracle"))]
+    fn resolve_oracle(&self, _schemas: &Schemas) -> Result<Found, SourceError> {
+        unreachable!("without the `oracle` feature, an Oracle database is a diagnostic")
+    }
+
+    /// Export and convert an Oracle source; the report's names are the clone's.
+    #[cfg(feature = "oracle")]
+    async fn run_oracle(&self, found: &Found, ctx: &RunContext) -> Result<(), StepError> {
+        use super::oracle::convert::pg_name;
+        use super::oracle::export::{export, ExportSpec};
+        let exported = export(
+            ExportSpec {
+                url: self.source.clone(),
+                schemas: found.allowlist.schemas.clone(),
+                exclude_table_data: self.block.exclude_table_data.clone(),
+                lock: self.block.lock.clone(),
+                datapump_directory: self.block.datapump_directory.clone(),
+                // `database.NAME.dump` → `NAME`.
+                file_name: self.id["database.".len()..self.id.len() - ".dump".len()].to_string(),
+                holder: source::default_holder(),
+            },
+            ctx,
+        )
+        .await?;
+        ctx.say(&format!(
+            "exported {} schemas, {} tables, {} rows, {} bytes",
+            found.allowlist.schemas.len(),
+            exported.rows.len(),
+            exported.rows.values().sum::<i64>(),
+            exported.bytes
+        ));
+        write_report(
+            ctx,
+            &DumpReport {
+                schemas: found.allowlist.schemas.iter().map(|s| pg_name(s)).collect(),
+                excluded: found
+                    .allowlist
+                    .excluded
+                    .iter()
+                    .map(|(s, p)| (pg_name(s), p.clone()))
+                    .collect(),
+                rows: exported.rows,
+                bytes: exported.bytes,
+                not_translated: exported.not_translated,
+            },
+        )
+    }
+
+    #[cfg(not(feature = "oracle"))]
+    async fn run_oracle(&self, _found: &Found, _ctx: &RunContext) -> Result<(), StepError> {
+        unreachable!("without the `oracle` feature, an Oracle database is a diagnostic")
     }
 }

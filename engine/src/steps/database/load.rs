@@ -725,7 +725,7 @@ pub fn count_differences(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -765,7 +765,7 @@ mod tests {
     use std::process::Command;
     use std::sync::Arc;
 
-    fn template_root() -> Option<PathBuf> {
+    pub(crate) fn template_root() -> Option<PathBuf> {
         if std::env::var_os("VMBUILD_TEST_PG").is_none() {
             eprintln!("note: set VMBUILD_TEST_PG=1 and VMBUILD_TEST_PG_ROOT (as root) to test with PostgreSQL");
             return None;
@@ -778,7 +778,7 @@ mod tests {
         Some(root)
     }
 
-    fn test_ctx(dir: &Path) -> RunContext {
+    pub(crate) fn test_ctx(dir: &Path) -> RunContext {
         let scratch = dir.join("scratch");
         std::fs::create_dir_all(&scratch).expect("scratch");
         RunContext {
@@ -823,6 +823,13 @@ mod tests {
             child.wait().expect("psql").success(),
             "host SQL failed: {sql}"
         );
+    }
+
+    /// [`query_layer`] for a layer loaded from `template`.
+    pub(crate) fn query_loaded(layer: &Path, template: &Path, db: &str, sql: &str) -> String {
+        let major = find_major(template).expect("major");
+        let ids = postgres_ids(template).expect("ids");
+        query_layer(layer, &major, ids, db, sql)
     }
 
     /// Start the host's PostgreSQL of the same major on the layer's data directory (as the
@@ -906,7 +913,7 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    fn nothing_mounted_under(paths: &[&Path]) {
+    pub(crate) fn nothing_mounted_under(paths: &[&Path]) {
         let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
         for line in mounts.lines() {
             let target = line.split_whitespace().nth(1).unwrap_or("");

@@ -1,13 +1,15 @@
 //! Database cloning: the production source (connect, allowlist, fingerprint, export lock), the
 //! dump of an allowlist in one snapshot, and the load into the VM's own PostgreSQL; and the two
-//! step kinds made of them, `pg_dump` (`database.NAME.dump`, one per cloned database) and
-//! `pg_load` (`database.load`, every database of the recipe in the VM's one cluster). `tls` gives
-//! both the source's own connections and `pg_dump` libpq's meaning of `sslmode`.
+//! step kinds made of them, `pg_dump` (`database.NAME.dump`, one per cloned database; with the
+//! cargo feature `oracle`, `oracle_dump` for an Oracle source, see [`oracle`]) and `pg_load`
+//! (`database.load`, every database of the recipe in the VM's one cluster). `tls` gives both
+//! the source's own connections and `pg_dump` libpq's meaning of `sslmode`.
 
 pub mod dump;
 pub mod dump_step;
 pub mod load;
 pub mod load_step;
+pub mod oracle;
 pub mod source;
 pub mod tls;
 

@@ -67,6 +67,15 @@ pub enum SourceError {
         since: String,
         waited: Duration,
     },
+    #[error("the source `{identity}` is not an Oracle source string: {why}")]
+    BadOracleSource { identity: String, why: String },
+    #[error(
+        "Oracle's client libraries cannot be loaded ({reason}): install Oracle Instant Client \
+         (Basic or Basic Light) and make `libclntsh.so` findable (`ldconfig` or `LD_LIBRARY_PATH`)"
+    )]
+    NoOracleClient { reason: String },
+    #[error("the lock name `{name}` {why}")]
+    BadLockName { name: String, why: &'static str },
     #[error("{action} on the source failed: {reason}")]
     Query {
         action: &'static str,
@@ -212,33 +221,8 @@ pub async fn resolve_allowlist(
         .iter()
         .map(|row| row.get(0))
         .collect();
-    // An exact match first (a quoted mixed-case schema), else the case-insensitive one.
-    let find = |name: &str| -> Option<String> {
-        present
-            .iter()
-            .find(|s| s.as_str() == name)
-            .or_else(|| {
-                present
-                    .iter()
-                    .find(|s| s.to_lowercase() == name.to_lowercase())
-            })
-            .cloned()
-    };
-
-    let mut found = Vec::new();
-    let mut missing = Vec::new();
     match schemas {
-        Schemas::List(names) => {
-            for name in names {
-                match find(name) {
-                    Some(s) => found.push(s),
-                    None => missing.push(name.clone()),
-                }
-            }
-            if !missing.is_empty() {
-                return Err(SourceError::MissingSchemas { schemas: missing });
-            }
-        }
+        Schemas::List(names) => match_allowlist(&present, Requested::List(names), exclude),
         Schemas::Registry { registry, column } => {
             let parts: Vec<&str> = registry.split('.').collect();
             let [schema, table] = parts.as_slice() else {
@@ -274,10 +258,60 @@ pub async fn resolve_allowlist(
                     },
                 }
             })?;
-            for row in rows {
-                let Some(name) = row.get::<_, Option<String>>(0) else {
-                    continue;
-                };
+            let names = rows
+                .iter()
+                .filter_map(|row| row.get::<_, Option<String>>(0))
+                .collect();
+            match_allowlist(&present, Requested::Registry(names), exclude)
+        }
+    }
+}
+
+/// The schema names a recipe asks for.
+pub enum Requested<'a> {
+    /// Listed in the recipe: each must exist.
+    List(&'a [String]),
+    /// Read from the registry table: those that do not exist are reported as missing.
+    Registry(Vec<String>),
+}
+
+/// The allowlist: each requested name matched to a schema of the source (`present`): exactly
+/// first (a quoted mixed-case schema), else case-insensitively (GUS registers `ApiDB` for the
+/// schema `apidb` in PostgreSQL, `APIDB` in Oracle); then those matching an `exclude` glob
+/// (case-insensitive) removed. Shared by the PostgreSQL and Oracle sources.
+pub fn match_allowlist(
+    present: &[String],
+    requested: Requested<'_>,
+    exclude: &[String],
+) -> Result<Allowlist, SourceError> {
+    let find = |name: &str| -> Option<String> {
+        present
+            .iter()
+            .find(|s| s.as_str() == name)
+            .or_else(|| {
+                present
+                    .iter()
+                    .find(|s| s.to_lowercase() == name.to_lowercase())
+            })
+            .cloned()
+    };
+
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    match requested {
+        Requested::List(names) => {
+            for name in names {
+                match find(name) {
+                    Some(s) => found.push(s),
+                    None => missing.push(name.clone()),
+                }
+            }
+            if !missing.is_empty() {
+                return Err(SourceError::MissingSchemas { schemas: missing });
+            }
+        }
+        Requested::Registry(names) => {
+            for name in names {
                 let name = name.trim();
                 if name.is_empty() {
                     continue;
@@ -753,6 +787,48 @@ mod tests {
             pg_env(&mut cmd, &self.admin);
             let _ = cmd.status();
         }
+    }
+
+    #[test]
+    fn oracle_upper_case_users_match_registered_mixed_case_names() {
+        let present: Vec<String> = [
+            "APIDB",
+            "APIDBTUNING",
+            "CORE",
+            "SYS",
+            "STAFF_JDOE",
+            "WORKFLOW",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let registered = vec![
+            "ApiDB".to_string(),
+            "ApidbTuning".into(),
+            "Core".into(),
+            " Workflow ".into(),
+            "staff_jdoe".into(),
+            "Ghost".into(),
+            String::new(),
+        ];
+        let exclude = vec!["staff_*".to_string(), "workflow".to_string()];
+        let allow = match_allowlist(&present, Requested::Registry(registered), &exclude)
+            .expect("allowlist");
+        assert_eq!(allow.schemas, ["APIDB", "APIDBTUNING", "CORE"]);
+        assert_eq!(
+            allow.excluded,
+            [
+                ("STAFF_JDOE".to_string(), "staff_*".to_string()),
+                ("WORKFLOW".to_string(), "workflow".to_string())
+            ]
+        );
+        assert_eq!(allow.missing, ["Ghost"]);
+        let list = ["core".to_string(), "Nope".to_string()];
+        let err = match_allowlist(&present, Requested::List(&list), &[]).unwrap_err();
+        assert!(matches!(err, SourceError::MissingSchemas { .. }), "{err}");
+        let err =
+            match_allowlist(&present, Requested::List(&list[..1]), &["[".to_string()]).unwrap_err();
+        assert!(matches!(err, SourceError::BadPattern { .. }), "{err}");
     }
 
     fn registry() -> Schemas {
