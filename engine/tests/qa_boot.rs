@@ -38,6 +38,7 @@ fn http(name: &str, path: &str, body: Option<&str>) -> HttpCheck {
         port: None,
         expect_status: None,
         expect_body: body.map(str::to_string),
+        reject_body: None,
     }
 }
 
