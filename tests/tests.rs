@@ -10,5 +10,6 @@ mod databases;
 mod diagnostics;
 mod e2e;
 mod parallel;
+mod sanitize;
 mod secrets;
 mod source;

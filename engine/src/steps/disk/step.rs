@@ -2,7 +2,9 @@
 //! a partitioned raw disk that boots by itself. It also records the installed package list.
 //!
 //! The tree is composed from hard links to the store (no gigabytes copied); everything written
-//! into it replaces files rather than writing through links.
+//! into it replaces files rather than writing through links. A recipe's `sanitize` operations
+//! scrub it after the layers are composed, before it becomes a disk (see
+//! [`crate::steps::sanitize::scrub`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
