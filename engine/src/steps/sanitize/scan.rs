@@ -580,9 +580,14 @@ impl Step for ScanStep {
             let longest = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
             let matcher = Arc::new(Matcher::new(&patterns));
             ctx.say(&format!(
-                "searching for {} forbidden strings ({}; the longest is {longest} bytes)",
+                "searching for {} forbidden strings ({}; the longest is {longest} bytes), {}",
                 patterns.len(),
-                self.rules_summary()
+                self.rules_summary(),
+                if matcher.is_packed() {
+                    "candidates found by the SIMD searcher"
+                } else {
+                    "with the automaton alone"
+                }
             ));
             let mut run = Run {
                 step: self,
