@@ -144,6 +144,15 @@ impl DiskMap {
         })
     }
 
+    /// (offset, size) in bytes of each partition that holds an ext4 file system.
+    pub fn ext4_partitions(&self) -> Vec<(u64, u64)> {
+        self.partitions
+            .iter()
+            .filter(|p| p.ext4_block.is_some())
+            .map(|p| (p.start, p.size))
+            .collect()
+    }
+
     /// What each of `offsets` is (same order). `image` is the file this map was read from.
     pub fn describe(&self, image: &Path, offsets: &[u64]) -> Result<Vec<String>, StepError> {
         let mut places: Vec<Option<String>> = vec![None; offsets.len()];

@@ -5,8 +5,10 @@
 //!   before it becomes a disk; they are part of the disk step's key.
 //! - [`forbid`]: the forbidden strings (`forbid`, `forbid_files`), checked at plan time.
 //! - [`scan`]: the `sanitize.scan` step, which searches every byte of the raw disk and of every
-//!   output for them ([`matcher`]) and says where each occurrence is ([`locate`]).
+//!   output for them ([`matcher`]), the content of compressed files inside the file system too
+//!   ([`compressed`]), and says where each occurrence is ([`locate`]).
 
+pub mod compressed;
 pub mod forbid;
 pub mod locate;
 pub mod matcher;

@@ -8,6 +8,10 @@
 //!   first MiB is also searched as stored (headers, the VMDK descriptor). A raw output is
 //!   searched as it is. An OVA is unpacked: its OVF and manifest searched, its VMDK converted;
 //!   a libvirt output's domain XML is searched as export writes it.
+//! - The compressed files inside the disk's file systems (`.gz`, `.xz`, `.zip`, `.war`, ...)
+//!   are decompressed and searched ([`super::compressed`]; the disk is mounted read-only
+//!   through a loop device, which needs root). The outputs hold the same file systems, so
+//!   that is done once.
 //! - A finding names the rule (`env("TOXO_PASSWORD")`, `forbid[1]`, `forbid_files "emails.txt"
 //!   line 3`), never the string, and where it is: inside ext4, the file (see [`super::locate`]),
 //!   or free space, the journal, the boot area, the partition table.
@@ -23,6 +27,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use super::compressed::{self, Compressed};
 use super::forbid::Forbidden;
 use super::locate::DiskMap;
 use super::matcher::{Found, Matcher, CHUNK};
@@ -299,6 +304,8 @@ struct Run<'a> {
     matcher: Arc<Matcher>,
     findings: Findings,
     searched: Vec<Searched>,
+    /// What searching the compressed files inside the disk's file systems did.
+    compressed: Compressed,
 }
 
 impl Run<'_> {
@@ -381,6 +388,50 @@ impl Run<'_> {
         .await
         .expect("the search does not panic")?;
         self.take(located);
+        Ok(())
+    }
+
+    /// The compressed files inside the file systems of the raw disk `raw`, decompressed.
+    async fn search_compressed(&mut self, raw: PathBuf, label: &str) -> Result<(), StepError> {
+        let matcher = self.matcher.clone();
+        let scratch = self.ctx.scratch.clone();
+        let cancel = self.ctx.cancel.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            let partitions = DiskMap::read(&raw)?.ext4_partitions();
+            compressed::search(&matcher, &raw, &partitions, &scratch, &|| {
+                cancel.is_cancelled()
+            })
+        })
+        .await
+        .expect("the search does not panic")?;
+        self.say(&format!(
+            "searched {} compressed files inside {label}: {} once decompressed, in {:.2} s",
+            result.files,
+            human_bytes(result.bytes),
+            started.elapsed().as_secs_f64()
+        ));
+        for (package, count) in &result.not_searched {
+            self.say(&format!(
+                "NOT searched: {count} compressed files inside {label}, whose program is missing: install the Debian package `{package}`"
+            ));
+        }
+        for inside in &result.hits {
+            let place = format!("inside `{}`, decompressed", inside.path);
+            for hit in &inside.found.hits {
+                let rule = self.rule(hit.pattern).to_string();
+                self.findings.add(&rule, label, &place, hit.offset);
+            }
+            let unlocated = inside.found.total - inside.found.hits.len() as u64;
+            if unlocated > 0 {
+                *self
+                    .findings
+                    .unlocated
+                    .entry(label.to_string())
+                    .or_default() += unlocated;
+            }
+        }
+        self.compressed = result;
         Ok(())
     }
 
@@ -595,10 +646,12 @@ impl Step for ScanStep {
                 matcher,
                 findings: Findings::default(),
                 searched: Vec::new(),
+                compressed: Compressed::default(),
             };
             let raw = ctx.upstream[&self.disk].join(DISK_FILE);
-            run.search(raw, format!("`{DISK_FILE}` ({})", self.disk), true)
-                .await?;
+            let label = format!("`{DISK_FILE}` ({})", self.disk);
+            run.search(raw.clone(), label.clone(), true).await?;
+            run.search_compressed(raw, &label).await?;
             for output in &self.outputs {
                 run.search_output(output).await?;
             }
@@ -631,6 +684,9 @@ impl Step for ScanStep {
                 "findings": 0,
                 "bytes_scanned": total,
                 "bytes_read": read,
+                "compressed_files": run.compressed.files,
+                "compressed_bytes": run.compressed.bytes,
+                "compressed_not_searched": run.compressed.not_searched,
                 "files": run.searched.iter().map(|s| json!({
                     "file": s.file,
                     "bytes": s.bytes,
@@ -760,13 +816,74 @@ mod tests {
         (result, log, out)
     }
 
+    /// `content` compressed by `program` (`gzip`), or zipped as `member` (`zip`).
+    fn packed(dir: &Path, program: &str, member: &str, content: &[u8]) -> Vec<u8> {
+        let work = dir.join(format!("pack-{program}"));
+        std::fs::create_dir_all(work.join("WEB-INF")).unwrap();
+        std::fs::write(work.join(member), content).unwrap();
+        let status = match program {
+            "gzip" => std::process::Command::new("gzip")
+                .arg(work.join(member))
+                .status(),
+            _ => std::process::Command::new("zip")
+                .args(["-q", "-r", "out.zip", member])
+                .current_dir(&work)
+                .status(),
+        }
+        .unwrap();
+        assert!(status.success(), "{program}");
+        let file = if program == "gzip" {
+            format!("{member}.gz")
+        } else {
+            "out.zip".into()
+        };
+        std::fs::read(work.join(file)).unwrap()
+    }
+
+    fn is_root() -> bool {
+        let root = nix::unistd::Uid::effective().is_root();
+        if !root {
+            eprintln!("skipped: the scan mounts the disk (a loop device) for compressed files");
+        }
+        root
+    }
+
     #[tokio::test]
     async fn findings_name_the_file_free_space_the_boot_area_and_the_rule_never_the_string() {
+        if !is_root() {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let mut config = b"<?php $db = 'pgsql:host=localhost'; $password = '".to_vec();
         config.extend_from_slice(PASSWORD);
         config.extend_from_slice(b"';\n");
-        let (disk_dir, offset) = disk(dir.path(), &[("/srv/app/config.php", &config)]);
+        // Enough text that the archives really compress (tiny files are stored as they are).
+        let filler = b"2024-05-01 12:00:00 nothing happened here today\n".repeat(40);
+        let mut mail = filler.clone();
+        mail.extend_from_slice(b"sent to ");
+        mail.extend_from_slice(EMAIL);
+        let mut properties = filler.clone();
+        properties.extend_from_slice(b"db.password=");
+        properties.extend_from_slice(PASSWORD);
+        let (mail_at, properties_at) = (filler.len() + 8, filler.len() + 12);
+        let gz = packed(dir.path(), "gzip", "mail.log.1", &mail);
+        let war = packed(dir.path(), "zip", "WEB-INF/app.properties", &properties);
+        for archive in [&gz, &war] {
+            for secret in [PASSWORD, EMAIL] {
+                assert!(
+                    !contains(archive, secret),
+                    "the archive holds the string as is"
+                );
+            }
+        }
+        let (disk_dir, offset) = disk(
+            dir.path(),
+            &[
+                ("/srv/app/config.php", &config),
+                ("/var/log/mail.log.1.gz", &gz),
+                ("/var/lib/tomcat9/webapps/site.war", &war),
+            ],
+        );
         let raw = disk_dir.join(DISK_FILE);
         // Deleted data: bytes in a block the file system does not use.
         let block = free_block(&raw, offset);
@@ -794,10 +911,12 @@ mod tests {
             "forbid_files \"emails.txt\" line 3 in `disk.raw` (template.t.disk): boot area, before the partition (byte 512000)",
             "env(\"LEAK_PW\") in `site.qcow2` (output.qcow2) (as raw): file `/srv/app/config.php`",
             "forbid_files \"emails.txt\" line 3 in `site.qcow2` (output.qcow2) (as raw): boot area",
+            &format!("forbid_files \"emails.txt\" line 3 in `disk.raw` (template.t.disk): inside `/var/log/mail.log.1.gz`, decompressed (byte {mail_at})"),
+            &format!("env(\"LEAK_PW\") in `disk.raw` (template.t.disk): inside `/var/lib/tomcat9/webapps/site.war`, decompressed (byte {properties_at})"),
         ] {
             assert!(message.contains(expected), "no `{expected}` in:\n{message}");
         }
-        assert!(message.contains("8 occurrences"), "{message}");
+        assert!(message.contains("10 occurrences"), "{message}");
         for secret in [PASSWORD, HOST, EMAIL] {
             for (what, text) in [("error", &message), ("log", &log)] {
                 assert!(
@@ -839,13 +958,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_clean_image_passes_with_a_report_of_what_was_read() {
+        if !is_root() {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
+        let gz = packed(dir.path(), "gzip", "changelog", b"nothing to see\n");
         let (disk_dir, _) = disk(
             dir.path(),
-            &[(
-                "/srv/app/config.php",
-                b"<?php $password = getenv('DB_PASSWORD');\n",
-            )],
+            &[
+                (
+                    "/srv/app/config.php",
+                    b"<?php $password = getenv('DB_PASSWORD');\n",
+                ),
+                ("/usr/share/doc/app/changelog.gz", &gz),
+            ],
         );
         let qcow2_dir = qcow2(dir.path(), &disk_dir.join(DISK_FILE));
         let (result, log, out) = scan(dir.path(), &disk_dir, &qcow2_dir).await;
@@ -869,5 +995,6 @@ mod tests {
             .iter()
             .any(|f| f["file"] == "`SHA256SUMS` (output.qcow2)"));
         assert!(log.contains("no forbidden string anywhere"), "{log}");
+        assert_eq!(report["compressed_files"], 1, "{report}");
     }
 }
