@@ -57,6 +57,10 @@ pub const SFDISK: Tool = Tool {
     program: "sfdisk",
     package: "fdisk",
 };
+pub const LOSETUP: Tool = Tool {
+    program: "losetup",
+    package: "mount",
+};
 pub const CP: Tool = Tool {
     program: "cp",
     package: "coreutils",

@@ -36,7 +36,7 @@ use crate::diag::{Diagnostic, Span};
 use crate::exec::export::STEP_REPORT;
 use crate::steps::disk::step::DISK_FILE;
 use crate::steps::process::{self, redact, Invocation};
-use crate::steps::tools::{DEBUGFS, QEMU_IMG, SFDISK};
+use crate::steps::tools::{DEBUGFS, LOSETUP, QEMU_IMG, SFDISK};
 use crate::steps::{io_error, ResolveContext, Resolved, RunContext, Step, StepError, StepFuture};
 
 /// The step's id.
@@ -610,7 +610,7 @@ impl Step for ScanStep {
             .collect();
         let _ = self.keyed.set((digests, xml));
         let mut tools = BTreeMap::new();
-        let mut needed = vec![DEBUGFS, SFDISK];
+        let mut needed = vec![DEBUGFS, SFDISK, LOSETUP];
         if !self.outputs.is_empty() {
             needed.push(QEMU_IMG);
         }
