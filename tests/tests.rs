@@ -12,5 +12,6 @@ mod diagnostics;
 mod diff;
 mod e2e;
 mod parallel;
+mod sanitize;
 mod secrets;
 mod source;

@@ -3,7 +3,9 @@
 //! A `template` becomes a chain: `template.NAME.debootstrap` → `template.NAME.system` →
 //! `template.NAME.provision.0` → ...; each step's output is a whole root tree, so changing a
 //! late provisioner reruns only what follows it. `step` blocks become `command` steps, `source`
-//! blocks `source` steps (layers of the VM, built in the template's final tree).
+//! blocks `source` steps (layers of the VM, built in the template's final tree). A `sanitize`
+//! block's operations go into the disk step; its forbidden strings make the `sanitize.scan`
+//! step, after the disk and every output.
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use crate::steps::output::OutputStep;
 use crate::steps::provision_puppet::PuppetProvisionStep;
 use crate::steps::provision_shell::ShellProvisionStep;
 use crate::steps::qa::step::QaStep;
+use crate::steps::sanitize::{forbid, ScanStep, ScannedOutput};
 use crate::steps::source::SourceStep;
 use crate::steps::system::SystemStep;
 use crate::steps::Step;
@@ -140,14 +143,36 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
             layers.push(ConfigStep::layer(config));
         }
         layers.extend(self::layers(recipe));
-        let disk = DiskStep::new(template, &last, layers);
+        let operations = recipe
+            .sanitize
+            .as_ref()
+            .map(|s| s.block.operations.clone())
+            .unwrap_or_default();
+        let disk = DiskStep::new(template, &last, layers).with_sanitize(&operations);
         let disk_id = disk.id().to_string();
         push(&mut steps, disk);
         let mut outputs = Vec::new();
+        let mut scanned = Vec::new();
         for output in &recipe.outputs {
             let step = OutputStep::new(output, &disk_id, &template.name);
             outputs.push((output.name.clone(), step.id().to_string(), step.file_name()));
+            scanned.push(ScannedOutput {
+                step: step.id().to_string(),
+                domain_xml: step.domain_xml_preview(),
+            });
             push(&mut steps, step);
+        }
+        if let Some(named) = &recipe.sanitize {
+            let (forbidden, problems) = forbid::collect(named, &recipe.dir);
+            for problem in problems {
+                diagnostics.push(problem);
+            }
+            if !forbidden.is_empty() {
+                push(
+                    &mut steps,
+                    ScanStep::new(&disk_id, scanned, forbidden, named.header()),
+                );
+            }
         }
         if let Some(qa) = &recipe.qa {
             for (i, format) in qa.block.formats.iter().enumerate() {
@@ -202,6 +227,15 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
             );
         }
     }
+    if let (true, Some(named)) = (recipe.templates.is_empty(), &recipe.sanitize) {
+        diagnostics.push(
+            Diagnostic::error(
+                "`sanitize` scrubs and searches a VM, and the recipe has no template",
+            )
+            .at(&named.header(), "nothing to sanitize")
+            .help("add a `template` block"),
+        );
+    }
     if recipe.templates.is_empty() {
         for config in &recipe.configs {
             diagnostics.push(
@@ -226,7 +260,6 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
         .files
         .iter()
         .map(|b| ("files", b.header()))
-        .chain(recipe.sanitize.iter().map(|b| ("sanitize", b.header())))
         .collect();
     for (kind, span) in unbuilt {
         diagnostics.push(

@@ -284,7 +284,8 @@ impl Plan {
         })
     }
 
-    /// Keep only `targets` and the steps they depend on (`apply --target`). Returns the first
+    /// Keep only `targets` and the steps they depend on (`apply --target`), and the steps that
+    /// check a kept artifact (the leak scan) with what they depend on. Returns the first
     /// target the plan does not have, if any.
     pub fn retain_targets(&mut self, targets: &[String]) -> Result<(), String> {
         if targets.is_empty() {
@@ -298,11 +299,25 @@ impl Plan {
             }
             todo.push(target.clone());
         }
-        while let Some(id) = todo.pop() {
-            if keep.insert(id.clone()) {
-                if let Some(step) = self.get(&id) {
-                    todo.extend(step.depends_on.iter().cloned());
+        loop {
+            while let Some(id) = todo.pop() {
+                if keep.insert(id.clone()) {
+                    if let Some(step) = self.get(&id) {
+                        todo.extend(step.depends_on.iter().cloned());
+                    }
                 }
+            }
+            // A kept artifact is exported only once the steps that check it have passed.
+            let checks = self.steps.iter().filter(|s| {
+                !keep.contains(&s.id)
+                    && s.step.checks_artifacts()
+                    && s.depends_on.iter().any(|d| {
+                        keep.contains(d) && self.get(d).is_some_and(|d| d.step.artifacts())
+                    })
+            });
+            todo.extend(checks.map(|s| s.id.clone()));
+            if todo.is_empty() {
+                break;
             }
         }
         self.steps.retain(|s| keep.contains(&s.id));

@@ -315,7 +315,9 @@ pub struct SanitizeBlock {
     pub forbid_files: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+/// What a `sanitize` block scrubs from the VM's tree (see the book's sanitize page). The order
+/// here is the order they run in.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "kebab-case")]
 pub enum SanitizeOperation {
     ShellHistory,
@@ -325,6 +327,21 @@ pub enum SanitizeOperation {
     AptCache,
     ProvisioningLeftovers,
     TmpFiles,
+}
+
+impl SanitizeOperation {
+    /// The name recipes use (`shell-history`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SanitizeOperation::ShellHistory => "shell-history",
+            SanitizeOperation::SshHostKeys => "ssh-host-keys",
+            SanitizeOperation::Logs => "logs",
+            SanitizeOperation::MachineId => "machine-id",
+            SanitizeOperation::AptCache => "apt-cache",
+            SanitizeOperation::ProvisioningLeftovers => "provisioning-leftovers",
+            SanitizeOperation::TmpFiles => "tmp-files",
+        }
+    }
 }
 
 /// `output "FORMAT" { ... }`: a disk format to produce.

@@ -10,6 +10,10 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use super::process::{self, Invocation};
 use super::{io_error, RunContext, StepError};
 
+/// The `policy-rc.d` vmbuild puts in a tree while commands run there (removed afterwards).
+pub const POLICY_RC_D: &[u8] =
+    b"#!/bin/sh\n# vmbuild: no services start while the image is built\nexit 101\n";
+
 /// Mounts and temporary files inside a root tree, undone on drop.
 pub struct Chroot {
     root: PathBuf,
@@ -35,11 +39,7 @@ impl Chroot {
         chroot.mount("sysfs", "sys", MsFlags::empty(), Some("sysfs"))?;
         chroot.mount("/dev", "dev", MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
         // No service may start inside the tree while packages are installed.
-        chroot.put(
-            "usr/sbin/policy-rc.d",
-            b"#!/bin/sh\n# vmbuild: no services start while the image is built\nexit 101\n",
-            0o755,
-        )?;
+        chroot.put("usr/sbin/policy-rc.d", POLICY_RC_D, 0o755)?;
         // The host's name service, so apt and friends can reach the network.
         if let Ok(resolv) = std::fs::read("/etc/resolv.conf") {
             chroot.put("etc/resolv.conf", &resolv, 0o644)?;

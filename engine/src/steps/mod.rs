@@ -16,6 +16,7 @@ pub mod process;
 pub mod provision_puppet;
 pub mod provision_shell;
 pub mod qa;
+pub mod sanitize;
 pub mod source;
 pub mod system;
 pub mod tools;
@@ -201,6 +202,11 @@ pub trait Step: Send + Sync {
     /// Whether the step's output files are artifacts the user downloads (disk images), copied
     /// out of the store into the output folder after apply.
     fn artifacts(&self) -> bool {
+        false
+    }
+    /// Whether the step vouches for the artifacts of the steps it depends on (the leak scan):
+    /// `apply --target` of an artifact step brings it along, so nothing is exported unchecked.
+    fn checks_artifacts(&self) -> bool {
         false
     }
     /// Called after the step's artifacts were copied into `dir`: write what refers to their

@@ -64,6 +64,26 @@ impl OutputStep {
         }
     }
 
+    fn domain_type(&self) -> DomainType {
+        match self.block.domain_type.as_deref() {
+            Some("qemu") => DomainType::Qemu,
+            _ => DomainType::Kvm,
+        }
+    }
+
+    /// For `libvirt`: the domain XML's file name and its text as export writes it, but naming
+    /// the image by its file name instead of the export folder (unknown before apply).
+    pub fn domain_xml_preview(&self) -> Option<(String, String)> {
+        (self.format == "libvirt").then(|| {
+            let xml = libvirt_domain_xml(
+                &self.spec(),
+                Path::new(&self.file_name()),
+                self.domain_type(),
+            );
+            (format!("{}.xml", self.name), xml)
+        })
+    }
+
     /// The format QEMU opens the main file with, for QA (`ova` is unpacked first).
     pub fn boot_format(&self) -> &str {
         match self.format.as_str() {
@@ -126,13 +146,9 @@ impl Step for OutputStep {
             return Ok(Vec::new());
         }
         // The domain names the exported qcow2, where the user keeps it, not the store's copy.
-        let domain_type = match self.block.domain_type.as_deref() {
-            Some("qemu") => DomainType::Qemu,
-            _ => DomainType::Kvm,
-        };
         let qcow2 =
             std::path::absolute(dir.join(self.file_name())).map_err(io_error("resolve", dir))?;
-        let xml = libvirt_domain_xml(&self.spec(), &qcow2, domain_type);
+        let xml = libvirt_domain_xml(&self.spec(), &qcow2, self.domain_type());
         let path = dir.join(format!("{}.xml", self.name));
         std::fs::write(&path, &xml).map_err(io_error("write", &path))?;
         let mut done = vec![format!("{}.xml", self.name)];

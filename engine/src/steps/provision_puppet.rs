@@ -17,7 +17,7 @@ pub struct PuppetProvisionStep {
 }
 
 /// Where manifest and modules are put inside the tree while Puppet runs.
-const PUPPET_DIR: &str = "tmp/vmbuild-puppet";
+pub const PUPPET_DIR: &str = "tmp/vmbuild-puppet";
 
 impl PuppetProvisionStep {
     pub fn new(

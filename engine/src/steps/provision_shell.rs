@@ -19,7 +19,7 @@ pub struct ShellProvisionStep {
 }
 
 /// Where the script is put inside the tree while it runs.
-const SCRIPT_IN_TREE: &str = "tmp/vmbuild-provision.sh";
+pub const SCRIPT_IN_TREE: &str = "tmp/vmbuild-provision.sh";
 
 impl ShellProvisionStep {
     pub fn new(

@@ -49,6 +49,18 @@ pub const PG_DUMP: Tool = Tool {
     program: "pg_dump",
     package: "postgresql-client",
 };
+pub const DEBUGFS: Tool = Tool {
+    program: "debugfs",
+    package: "e2fsprogs",
+};
+pub const SFDISK: Tool = Tool {
+    program: "sfdisk",
+    package: "fdisk",
+};
+pub const LOSETUP: Tool = Tool {
+    program: "losetup",
+    package: "mount",
+};
 pub const CP: Tool = Tool {
     program: "cp",
     package: "coreutils",

@@ -2,7 +2,9 @@
 //! a partitioned raw disk that boots by itself. It also records the installed package list.
 //!
 //! The tree is composed from hard links to the store (no gigabytes copied); everything written
-//! into it replaces files rather than writing through links.
+//! into it replaces files rather than writing through links. A recipe's `sanitize` operations
+//! scrub it after the layers are composed, before it becomes a disk (see
+//! [`crate::steps::sanitize::scrub`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,8 +14,9 @@ use serde_json::json;
 use super::{assemble_disk, DiskSpec, MIN_SIZE, SIZE_ALIGN};
 use crate::diag::{Diagnostic, Span};
 use crate::hash::Digest;
-use crate::recipe::{Named, Seg, TemplateBlock};
+use crate::recipe::{Named, SanitizeOperation, Seg, TemplateBlock};
 use crate::steps::layers::{compose, Layer};
+use crate::steps::sanitize::scrub::scrub;
 use crate::steps::tools::{GRUB_MKIMAGE, MKFS_EXT4};
 use crate::steps::tree::link_tree;
 use crate::steps::{io_error, ResolveContext, Resolved, RunContext, Step, StepError, StepFuture};
@@ -31,8 +34,13 @@ pub struct DiskStep {
     size: Option<u64>,
     label: String,
     firmware: crate::recipe::Firmware,
+    /// The `sanitize` operations applied to the composed tree, in their fixed order.
+    sanitize: Vec<SanitizeOperation>,
     span: Span,
 }
+
+/// Bumped when what the sanitize operations remove changes.
+const SANITIZE_VERSION: u32 = 1;
 
 impl DiskStep {
     pub fn new(template: &Named<TemplateBlock>, tree: &str, layers: Vec<Layer>) -> DiskStep {
@@ -49,11 +57,21 @@ impl DiskStep {
                 .block
                 .firmware
                 .unwrap_or(crate::recipe::Firmware::Bios),
+            sanitize: Vec::new(),
             span: template
                 .spans
                 .value(&[Seg::Key("disk_size".into())])
                 .unwrap_or_else(|| template.header()),
         }
+    }
+
+    /// Scrub the composed tree with `operations` before it becomes a disk.
+    pub fn with_sanitize(mut self, operations: &[SanitizeOperation]) -> DiskStep {
+        let mut operations = operations.to_vec();
+        operations.sort();
+        operations.dedup();
+        self.sanitize = operations;
+        self
     }
 }
 
@@ -92,7 +110,13 @@ impl Step for DiskStep {
     }
 
     fn params(&self) -> serde_json::Value {
-        json!({ "size": self.size, "label": self.label, "layers": self.layers, "firmware": self.firmware })
+        let mut params = json!({ "size": self.size, "label": self.label, "layers": self.layers, "firmware": self.firmware });
+        // Absent without operations, so that disks of recipes without them keep their keys.
+        if !self.sanitize.is_empty() {
+            params["sanitize"] =
+                json!({ "version": SANITIZE_VERSION, "operations": self.sanitize });
+        }
+        params
     }
 
     fn resolve(&self, _ctx: &ResolveContext) -> Result<Resolved, Diagnostic> {
@@ -125,6 +149,9 @@ impl Step for DiskStep {
                 .map(|l| (l.clone(), ctx.upstream[&l.id].clone()))
                 .collect();
             compose(&root, &layers)?;
+            for (operation, done) in scrub(&root, &self.sanitize)? {
+                ctx.say(&format!("sanitize {}", done.summary(operation)));
+            }
             let size = match self.size {
                 Some(size) => size.div_ceil(SIZE_ALIGN) * SIZE_ALIGN,
                 None => default_size(tree_bytes(&root)),
@@ -176,5 +203,146 @@ impl Step for DiskStep {
             std::fs::write(&described, text).map_err(io_error("write", &described))?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::SpanIndex;
+    use crate::steps::sanitize::scrub::SSH_KEYGEN_UNIT;
+    use crate::steps::sanitize::testutil::{context, small_tree, write};
+    use std::os::unix::fs::MetadataExt;
+
+    fn template() -> Named<TemplateBlock> {
+        Named {
+            name: "t".into(),
+            block: serde_json::from_value(json!({ "disk_size": 268435456u64 })).unwrap(),
+            spans: SpanIndex::default(),
+        }
+    }
+
+    /// Path → (inode, content) of every file under `dir`.
+    fn files(dir: &Path) -> BTreeMap<PathBuf, (u64, Vec<u8>)> {
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .map(|e| {
+                let meta = e.metadata().unwrap();
+                (
+                    e.path().strip_prefix(dir).unwrap().to_path_buf(),
+                    (meta.ino(), std::fs::read(e.path()).unwrap()),
+                )
+            })
+            .collect()
+    }
+
+    /// What debugfs says of `path` in the disk's file system.
+    fn debugfs_stat(raw: &Path, offset: u64, path: &str) -> String {
+        let output = std::process::Command::new("debugfs")
+            .args(["-R", &format!("stat {path}")])
+            .arg(format!("{}?offset={offset}", raw.display()))
+            .env("DEBUGFS_PAGER", "__none__")
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    }
+
+    #[test]
+    fn sanitize_operations_enter_the_key_only_when_asked() {
+        let plain = DiskStep::new(&template(), "template.t.system", vec![]);
+        assert!(plain.params().get("sanitize").is_none());
+        let scrubbed = DiskStep::new(&template(), "template.t.system", vec![]).with_sanitize(&[
+            SanitizeOperation::Logs,
+            SanitizeOperation::ShellHistory,
+            SanitizeOperation::Logs,
+        ]);
+        assert_eq!(
+            scrubbed.params()["sanitize"],
+            json!({ "version": 1, "operations": ["shell-history", "logs"] })
+        );
+    }
+
+    #[tokio::test]
+    async fn the_disk_step_scrubs_its_tree_and_never_the_store() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: the disk step's tree keeps owners, which needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store_tree = dir.path().join("store-tree");
+        small_tree(&store_tree);
+        write(&store_tree, "/root/.bash_history", b"psql -W hunter2\n");
+        write(
+            &store_tree,
+            "/etc/ssh/ssh_host_ed25519_key",
+            b"PRIVATE KEY\n",
+        );
+        write(&store_tree, "/var/log/dpkg.log", b"status installed\n");
+        write(&store_tree, "/tmp/leftover", b"tmp\n");
+        write(
+            &store_tree,
+            "/etc/machine-id",
+            b"0123456789abcdef0123456789abcdef\n",
+        );
+        let log = store_tree.join("var/log/dpkg.log");
+        std::os::unix::fs::chown(&log, Some(0), Some(4)).unwrap();
+        let before = files(&store_tree);
+
+        let step = DiskStep::new(&template(), "template.t.system", vec![]).with_sanitize(&[
+            SanitizeOperation::ShellHistory,
+            SanitizeOperation::SshHostKeys,
+            SanitizeOperation::Logs,
+            SanitizeOperation::MachineId,
+            SanitizeOperation::TmpFiles,
+        ]);
+        let upstream = BTreeMap::from([("template.t.system".to_string(), store_tree.clone())]);
+        let (ctx, said) = context(&dir.path().join("run"), upstream, vec![]);
+        let out = ctx.out.clone();
+        step.run(ctx).await.unwrap();
+
+        assert_eq!(before, files(&store_tree), "the store's tree changed");
+        let said = said.lock().unwrap().join("\n");
+        for line in [
+            "sanitize shell-history: removed 1 file",
+            "sanitize ssh-host-keys: removed 1 file",
+            "sanitize logs: removed 0 files, emptied 1",
+            "sanitize machine-id: removed 0 files, emptied 1",
+            "sanitize tmp-files: removed 1 file",
+        ] {
+            assert!(said.contains(line), "no `{line}` in:\n{said}");
+        }
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("disk.json")).unwrap()).unwrap();
+        let offset = info["partition_offset"].as_u64().unwrap();
+        let raw = out.join(DISK_FILE);
+        for gone in [
+            "/root/.bash_history",
+            "/etc/ssh/ssh_host_ed25519_key",
+            "/tmp/leftover",
+        ] {
+            let stat = debugfs_stat(&raw, offset, gone);
+            assert!(stat.contains("File not found"), "{gone}: {stat}");
+        }
+        let unit = debugfs_stat(
+            &raw,
+            offset,
+            &format!("/etc/systemd/system/{SSH_KEYGEN_UNIT}"),
+        );
+        assert!(unit.contains("Type: regular"), "{unit}");
+        let log = debugfs_stat(&raw, offset, "/var/log/dpkg.log");
+        assert!(
+            log.contains("Type: regular")
+                && log.contains("Size: 0")
+                && log.contains("Group:     4"),
+            "{log}"
+        );
+        let id = debugfs_stat(&raw, offset, "/etc/machine-id");
+        assert!(id.contains("Size: 0"), "{id}");
     }
 }

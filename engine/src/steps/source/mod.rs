@@ -46,7 +46,7 @@ const GIT: Tool = Tool {
 };
 
 /// Where the checkout and the install root sit inside the chroot while a build runs there.
-const BUILD_DIR_IN_TREE: &str = "tmp/vmbuild-source";
+pub const BUILD_DIR_IN_TREE: &str = "tmp/vmbuild-source";
 
 pub struct SourceStep {
     id: String,
