@@ -332,6 +332,22 @@ fn without_a_fingerprint_the_dump_runs_again_and_comes_out_the_same() {
 }
 
 #[test]
+fn the_source_and_its_password_are_forbidden_in_the_vm_without_being_listed() {
+    let Some(fixture) = Fixture::new("implicitforbid") else {
+        return;
+    };
+    let project = Project::new();
+    project.recipe(&recipe(""));
+    let run = run_with(&project, &fixture.url, &["plan", "site.hcl"]).success();
+    assert!(
+        run.stdout.contains("forbids 2 strings: the source of database \"toxo\" (env(\"TOXO_SOURCE_URL\")), the password in the source of database \"toxo\" (env(\"TOXO_SOURCE_URL\"))"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("sanitize.scan"), "{}", run.stdout);
+}
+
+#[test]
 fn a_source_over_verified_tls_is_dumped() {
     let Some(fixture) = Fixture::new("tls") else {
         return;

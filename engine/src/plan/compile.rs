@@ -162,17 +162,28 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
             });
             push(&mut steps, step);
         }
+        // What the recipe forbids, and the production secrets it handles, which are forbidden
+        // in the VM whether the recipe says so or not.
+        let mut forbidden = Vec::new();
         if let Some(named) = &recipe.sanitize {
-            let (forbidden, problems) = forbid::collect(named, &recipe.dir);
+            let (listed, problems) = forbid::collect(named, &recipe.dir);
             for problem in problems {
                 diagnostics.push(problem);
             }
-            if !forbidden.is_empty() {
-                push(
-                    &mut steps,
-                    ScanStep::new(&disk_id, scanned, forbidden, named.header()),
-                );
-            }
+            forbidden = listed;
+        }
+        forbid::merge(&mut forbidden, forbid::production_secrets(recipe));
+        if !forbidden.is_empty() {
+            let span = recipe
+                .sanitize
+                .as_ref()
+                .map(|s| s.header())
+                .or_else(|| recipe.databases.first().map(|d| d.header()))
+                .unwrap_or_else(|| template.header());
+            push(
+                &mut steps,
+                ScanStep::new(&disk_id, scanned, forbidden, span),
+            );
         }
         if let Some(qa) = &recipe.qa {
             for (i, format) in qa.block.formats.iter().enumerate() {
@@ -256,11 +267,7 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
             );
         }
     }
-    let unbuilt: Vec<(&str, Span)> = recipe
-        .files
-        .iter()
-        .map(|b| ("files", b.header()))
-        .collect();
+    let unbuilt: Vec<(&str, Span)> = recipe.files.iter().map(|b| ("files", b.header())).collect();
     for (kind, span) in unbuilt {
         diagnostics.push(
             Diagnostic::error(format!("this vmbuild validates `{kind}` blocks but cannot build them yet"))

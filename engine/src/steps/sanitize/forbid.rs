@@ -3,6 +3,9 @@
 //! `forbid[1]`, `forbid_files "emails.txt" line 3`). Every one is treated as a secret, plain
 //! text included: its value is never shown, and it enters keys only as a keyed digest.
 //!
+//! Whatever the block says, the production secrets the recipe handles (database source URLs and
+//! their passwords, git credentials) are forbidden too: see [`production_secrets`].
+//!
 //! Checked at plan time: a string shorter than [`MIN_LEN`] bytes would turn up by chance in any
 //! disk image, and an unreadable forbid file is an error at its entry.
 
@@ -10,7 +13,9 @@ use std::fmt;
 use std::path::Path;
 
 use crate::diag::Diagnostic;
-use crate::recipe::{Named, SanitizeBlock, Text};
+use crate::recipe::{Named, Recipe, SanitizeBlock, Text};
+use crate::steps::database::tls;
+use crate::steps::source::git;
 
 /// The shortest string worth forbidding: anything shorter matches by chance.
 pub const MIN_LEN: usize = 4;
@@ -113,6 +118,76 @@ pub fn collect(
     (unique, problems)
 }
 
+/// The production secrets a recipe handles, forbidden in the VM whether or not the recipe lists
+/// them: each database source's URL and the password in it, and the credentials in a `source`'s
+/// git URL. (The VM's own database passwords are not among them: they belong in the VM.)
+pub fn production_secrets(recipe: &Recipe) -> Vec<Forbidden> {
+    let mut found = Vec::new();
+    for database in &recipe.databases {
+        let Some(source) = &database.block.source else {
+            continue;
+        };
+        let url = source.reveal();
+        let which = format!("database \"{}\"", database.name);
+        found.push(Forbidden::new(
+            format!("the source of {which} ({})", source.identity()),
+            url,
+        ));
+        let mut passwords: Vec<String> = url_password(url).into_iter().collect();
+        if let Ok(parsed) = tls::parse(url) {
+            if let Some(password) = parsed.config.get_password() {
+                passwords.push(String::from_utf8_lossy(password).into_owned());
+            }
+        }
+        if let Some(raw) = passwords.first().cloned() {
+            let decoded = percent_encoding::percent_decode_str(&raw)
+                .decode_utf8_lossy()
+                .into_owned();
+            passwords.push(decoded);
+        }
+        for password in passwords {
+            found.push(Forbidden::new(
+                format!(
+                    "the password in the source of {which} ({})",
+                    source.identity()
+                ),
+                password,
+            ));
+        }
+    }
+    for source in &recipe.git_sources {
+        for credential in git::credentials(source.block.git.reveal()) {
+            found.push(Forbidden::new(
+                format!(
+                    "the credentials in the git URL of source \"{}\"",
+                    source.name
+                ),
+                credential,
+            ));
+        }
+    }
+    found.retain(|f| f.value.len() >= MIN_LEN);
+    found
+}
+
+/// The password of a `scheme://user:password@host/...` URL, as written.
+fn url_password(url: &str) -> Option<String> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then(|| password.to_string())
+}
+
+/// `more` added to `list`, but for values already there.
+pub fn merge(list: &mut Vec<Forbidden>, more: Vec<Forbidden>) {
+    for forbidden in more {
+        if !list.iter().any(|f| f.value == forbidden.value) {
+            list.push(forbidden);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +203,17 @@ mod tests {
             },
             spans: SpanIndex::default(),
         }
+    }
+
+    #[test]
+    fn passwords_of_urls() {
+        assert_eq!(
+            url_password("postgres://u:p%40ss@h:5432/db?sslmode=require").as_deref(),
+            Some("p%40ss")
+        );
+        assert_eq!(url_password("oracle://u:pw@h/SVC").as_deref(), Some("pw"));
+        assert_eq!(url_password("postgres://u@h/db"), None);
+        assert_eq!(url_password("host=h password=x"), None);
     }
 
     #[test]
