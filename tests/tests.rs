@@ -9,6 +9,7 @@ mod crash;
 mod databases;
 mod diagnostics;
 mod e2e;
+mod files;
 mod parallel;
 mod secrets;
 mod source;

@@ -3,7 +3,8 @@
 //! A `template` becomes a chain: `template.NAME.debootstrap` → `template.NAME.system` →
 //! `template.NAME.provision.0` → ...; each step's output is a whole root tree, so changing a
 //! late provisioner reruns only what follows it. `step` blocks become `command` steps, `source`
-//! blocks `source` steps (layers of the VM, built in the template's final tree).
+//! blocks `source` steps (layers of the VM, built in the template's final tree), `files` blocks
+//! `files` steps (layers of the VM, at `to`).
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use crate::steps::database::dump_step::DumpStep;
 use crate::steps::database::load_step::{LoadStep, Origin, PlannedDatabase};
 use crate::steps::debootstrap::DebootstrapStep;
 use crate::steps::disk::step::DiskStep;
+use crate::steps::files::FilesStep;
 use crate::steps::import::ImportStep;
 use crate::steps::layers::Layer;
 use crate::steps::output::OutputStep;
@@ -113,8 +115,8 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
                 }
             };
         }
-        // The databases' cluster first, then sources, then `step` layers, which may replace
-        // their files.
+        // The databases' cluster first, then sources, then file trees, then `step` layers,
+        // which may replace their files.
         let mut layers: Vec<Layer> = Vec::new();
         if let Some(load) = databases(recipe, &last, &mut steps, &mut diagnostics) {
             push(&mut steps, load);
@@ -123,6 +125,10 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
         for source in &recipe.git_sources {
             push(&mut steps, SourceStep::new(source, Some(&last)));
             layers.push(SourceStep::layer(source));
+        }
+        for files in &recipe.files {
+            push(&mut steps, FilesStep::new(files));
+            layers.push(FilesStep::layer(files));
         }
         layers.extend(self::layers(recipe));
         let disk = DiskStep::new(template, &last, layers);
@@ -168,9 +174,12 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
         }
     }
     if recipe.templates.is_empty() {
-        // No VM: each source is a plain output, built on this machine.
+        // No VM: each source and file tree is a plain output, made on this machine.
         for source in &recipe.git_sources {
             push(&mut steps, SourceStep::new(source, None));
+        }
+        for files in &recipe.files {
+            push(&mut steps, FilesStep::new(files));
         }
         for named in recipe.steps.iter().filter(|s| s.block.into.is_some()) {
             let span = named
@@ -199,10 +208,9 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
         }
     }
     let unbuilt: Vec<(&str, Span)> = recipe
-        .files
+        .configs
         .iter()
-        .map(|b| ("files", b.header()))
-        .chain(recipe.configs.iter().map(|b| ("config", b.header())))
+        .map(|b| ("config", b.header()))
         .chain(recipe.sanitize.iter().map(|b| ("sanitize", b.header())))
         .collect();
     for (kind, span) in unbuilt {

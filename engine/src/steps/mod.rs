@@ -6,6 +6,7 @@ pub mod command;
 pub mod database;
 pub mod debootstrap;
 pub mod disk;
+pub mod files;
 pub mod image;
 pub mod import;
 pub mod inputs;
