@@ -18,7 +18,7 @@ use nix::sys::time::TimeSpec;
 use rayon::prelude::*;
 use tokio_util::sync::CancellationToken;
 
-use super::scan::{Entry, Kind, Scan, LARGE_FILE};
+use super::scan::{hash_reader, Entry, Kind, Scan, LARGE_FILE};
 use crate::hash::Digest;
 use crate::steps::StepError;
 
@@ -53,14 +53,10 @@ fn reflink(to: &File, from: &File) -> bool {
     unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) == 0 }
 }
 
-fn hash_open(file: &mut File, path: &Path, size: u64) -> std::io::Result<(Digest, u64)> {
-    let mut hasher = blake3::Hasher::new();
-    if size >= LARGE_FILE {
-        hasher.update_mmap_rayon(path)?;
-    } else {
-        hasher.update_reader(&mut *file)?;
-    }
-    Ok((hasher.finalize().into(), hasher.count()))
+fn hash_open(file: &mut File, size: u64) -> std::io::Result<(Digest, u64)> {
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    hash_reader(&mut *file, size)
 }
 
 fn set_times(path: &Path, mtime: (i64, i64)) -> Result<(), StepError> {
@@ -197,11 +193,11 @@ fn copy_file(
         .map_err(io("create", dest))?;
     let cloned = reflinks_work.load(Ordering::Relaxed) && reflink(&out, &source);
     let (found, length) = if cloned {
-        hash_open(&mut out, dest, size).map_err(io("read", dest))?
+        hash_open(&mut out, size).map_err(io("read", dest))?
     } else {
         reflinks_work.store(false, Ordering::Relaxed);
         let mut hasher = blake3::Hasher::new();
-        let mut buffer = vec![0u8; (size as usize).clamp(4096, 1 << 20)];
+        let mut buffer = vec![0u8; size.clamp(4096, LARGE_FILE) as usize];
         loop {
             if cancel.is_cancelled() {
                 return Err(StepError::Cancelled);
@@ -212,7 +208,11 @@ fn copy_file(
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(io("read", from)(e)),
             };
-            hasher.update(&buffer[..n]);
+            if n >= 1 << 20 {
+                hasher.update_rayon(&buffer[..n]);
+            } else {
+                hasher.update(&buffer[..n]);
+            }
             out.write_all(&buffer[..n]).map_err(io("write", dest))?;
         }
         (hasher.finalize().into(), hasher.count())

@@ -477,7 +477,7 @@ mod tests {
         step.resolve(&ResolveContext::new(dir.path())).unwrap();
         assert_eq!(
             step.details()[0],
-            "4 files and 1 symlink, 4.0 MiB (1 excluded by `**/*.bam`); hashed 4"
+            "4 files and 1 symlink, 8.0 MiB (1 excluded by `**/*.bam`); hashed 4"
         );
         let ctx = context(dir.path());
         let out = ctx.out.clone();

@@ -21,8 +21,9 @@ use rayon::prelude::*;
 use super::stat_cache::{now_ns, CacheRefused, FileStat, StatCache};
 use crate::hash::Digest;
 
-/// Files from this size on are hashed memory-mapped, on several threads.
-pub const LARGE_FILE: u64 = 4 << 20;
+/// Files are read this much at a time to be hashed; from 1 MiB on, a buffer is hashed on
+/// several threads.
+pub const LARGE_FILE: u64 = 8 << 20;
 
 /// Versions the framing of the fingerprint.
 const FINGERPRINT_DOMAIN: &[u8] = b"vmbuild files fingerprint v1\0";
@@ -190,20 +191,42 @@ struct Candidate {
     selected: bool,
 }
 
-/// The digest of a file's content, memory-mapped on several threads when it is large. Opens
-/// without following a symbolic link.
+/// The digest of a file's content. Opens without following a symbolic link.
 pub fn hash_file(path: &Path) -> std::io::Result<Digest> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
+    let size = file.metadata()?.len();
+    Ok(hash_reader(file, size)?.0)
+}
+
+/// The digest of everything `reader` yields and its length; large contents are hashed on
+/// several threads, a big buffer at a time. Not memory-mapped: a file of the user's tree that
+/// someone truncates while it is mapped would kill the process (SIGBUS) instead of failing.
+pub fn hash_reader(mut reader: impl std::io::Read, size: u64) -> std::io::Result<(Digest, u64)> {
     let mut hasher = blake3::Hasher::new();
-    if file.metadata()?.len() >= LARGE_FILE {
-        hasher.update_mmap_rayon(path)?;
-    } else {
-        hasher.update_reader(&file)?;
+    let mut buffer = vec![0u8; size.clamp(1 << 16, LARGE_FILE) as usize];
+    loop {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match reader.read(&mut buffer[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        if filled >= 1 << 20 {
+            hasher.update_rayon(&buffer[..filled]);
+        } else {
+            hasher.update(&buffer[..filled]);
+        }
     }
-    Ok(hasher.finalize().into())
+    Ok((hasher.finalize().into(), hasher.count()))
 }
 
 fn unreadable(path: &Path) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
@@ -335,7 +358,11 @@ pub fn scan(root: &Path, globs: &Globs, cache: Option<&Path>) -> Result<Scan, Sc
     // A folder whose only selected content was a special file, or vanished, stays: it was
     // selected as the way to something.
     entries.par_sort_unstable_by(|a, b| a.path.as_os_str().cmp(b.path.as_os_str()));
-    if let Some(path) = cache {
+    let hashed = hashed.into_inner();
+    // Nothing was read and the cache holds exactly these files: writing it again would only
+    // cost time (a million entries are tens of megabytes).
+    let unchanged = hashed == 0 && fresh_cache.len() == old_cache.len() && cache_note.is_none();
+    if let Some(path) = cache.filter(|_| !unchanged) {
         let saved = StatCache::save(
             path,
             started,
@@ -358,7 +385,7 @@ pub fn scan(root: &Path, globs: &Globs, cache: Option<&Path>) -> Result<Scan, Sc
         include_matched,
         exclude_matched,
         special: special.into_inner(),
-        hashed: hashed.into_inner(),
+        hashed,
         from_cache: from_cache.into_inner(),
         stat_cache_used: cache.is_some(),
         cache_note,
