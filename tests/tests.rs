@@ -11,6 +11,7 @@ mod databases;
 mod diagnostics;
 mod diff;
 mod e2e;
+mod files;
 mod parallel;
 mod sanitize;
 mod secrets;

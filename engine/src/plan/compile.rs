@@ -3,9 +3,10 @@
 //! A `template` becomes a chain: `template.NAME.debootstrap` → `template.NAME.system` →
 //! `template.NAME.provision.0` → ...; each step's output is a whole root tree, so changing a
 //! late provisioner reruns only what follows it. `step` blocks become `command` steps, `source`
-//! blocks `source` steps (layers of the VM, built in the template's final tree). A `sanitize`
-//! block's operations go into the disk step; its forbidden strings make the `sanitize.scan`
-//! step, after the disk and every output.
+//! blocks `source` steps (layers of the VM, built in the template's final tree), `files` blocks
+//! `files` steps (layers of the VM, at `to`), `config` blocks `config` steps (a rendered file of
+//! the VM). A `sanitize` block's operations go into the disk step; its forbidden strings make
+//! the `sanitize.scan` step, after the disk and every output.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use crate::steps::database::dump_step::DumpStep;
 use crate::steps::database::load_step::{LoadStep, Origin, PlannedDatabase};
 use crate::steps::debootstrap::DebootstrapStep;
 use crate::steps::disk::step::DiskStep;
+use crate::steps::files::FilesStep;
 use crate::steps::import::ImportStep;
 use crate::steps::layers::Layer;
 use crate::steps::output::OutputStep;
@@ -117,8 +119,8 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
                 }
             };
         }
-        // The databases' cluster first, then sources, then `step` layers, which may replace
-        // their files.
+        // The databases' cluster first, then sources, file trees and config files, then `step` layers,
+        // which may replace their files.
         let mut layers: Vec<Layer> = Vec::new();
         if let Some(load) = databases(recipe, &last, &mut steps, &mut diagnostics) {
             push(&mut steps, load);
@@ -127,6 +129,10 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
         for source in &recipe.git_sources {
             push(&mut steps, SourceStep::new(source, Some(&last)));
             layers.push(SourceStep::layer(source));
+        }
+        for files in &recipe.files {
+            push(&mut steps, FilesStep::new(files));
+            layers.push(FilesStep::layer(files));
         }
         for config in &recipe.configs {
             let Some(template) = recipe.config_templates.get(&config.name) else {
@@ -219,9 +225,12 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
         }
     }
     if recipe.templates.is_empty() {
-        // No VM: each source is a plain output, built on this machine.
+        // No VM: each source and file tree is a plain output, made on this machine.
         for source in &recipe.git_sources {
             push(&mut steps, SourceStep::new(source, None));
+        }
+        for files in &recipe.files {
+            push(&mut steps, FilesStep::new(files));
         }
         for named in recipe.steps.iter().filter(|s| s.block.into.is_some()) {
             let span = named
@@ -266,14 +275,6 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
                 .help("add a `template` whose packages include `postgresql`"),
             );
         }
-    }
-    let unbuilt: Vec<(&str, Span)> = recipe.files.iter().map(|b| ("files", b.header())).collect();
-    for (kind, span) in unbuilt {
-        diagnostics.push(
-            Diagnostic::error(format!("this vmbuild validates `{kind}` blocks but cannot build them yet"))
-                .at(&span, "no step kind for this block yet")
-                .help("`vmbuild validate` checks this recipe; plan and apply need the step kinds of a later release"),
-        );
     }
     if diagnostics.has_errors() {
         return Err(diagnostics);

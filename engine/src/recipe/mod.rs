@@ -783,7 +783,11 @@ fn validate(recipe: &Recipe, ids: &[String], diagnostics: &mut Vec<Diagnostic>) 
                 || recipe
                     .configs
                     .iter()
-                    .any(|s| format!("config.{}", s.name) == *target);
+                    .any(|s| format!("config.{}", s.name) == *target)
+                || recipe
+                    .files
+                    .iter()
+                    .any(|s| format!("files.{}", s.name) == *target);
             if !is_layer {
                 diagnostics.push(
                     Diagnostic::error(format!(
@@ -792,7 +796,7 @@ fn validate(recipe: &Recipe, ids: &[String], diagnostics: &mut Vec<Diagnostic>) 
                     ))
                     .at(
                         &span,
-                        "name a `source`, a `config`, or a `step` block that has `into`",
+                        "name a `source`, `files` or `config` block, or a `step` block that has `into`",
                     )
                     .help_opt(did_you_mean(target, ids.iter().map(String::as_str))),
                 );
@@ -833,6 +837,37 @@ fn validate(recipe: &Recipe, ids: &[String], diagnostics: &mut Vec<Diagnostic>) 
                     .help("add `to = \"/srv/NAME\"`, or a `build` that installs into `$out`"),
                 ),
             _ => {}
+        }
+    }
+    for files in &recipe.files {
+        let span = |key: &str| {
+            files
+                .spans
+                .value(&[Seg::Key(key.into())])
+                .unwrap_or(files.header())
+        };
+        if !files.block.to.starts_with('/') {
+            diagnostics.push(
+                Diagnostic::error(format!(
+                    "`to` must be an absolute path in the VM, not `{}`",
+                    files.block.to
+                ))
+                .at(&span("to"), "for example \"/var/www/data\""),
+            );
+        }
+        for (list, patterns) in [
+            ("include", &files.block.include),
+            ("exclude", &files.block.exclude),
+        ] {
+            for (i, pattern) in patterns.iter().enumerate() {
+                if let Err(e) = globset::Glob::new(pattern) {
+                    let span = files.spans.item(list, i).unwrap_or(files.header());
+                    diagnostics.push(
+                        Diagnostic::error(format!("`{pattern}` is not a valid glob"))
+                            .at(&span, e.kind().to_string()),
+                    );
+                }
+            }
         }
     }
     // Cycles among steps, reported once per cycle with the edge that closes it.

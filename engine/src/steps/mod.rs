@@ -7,6 +7,7 @@ pub mod config;
 pub mod database;
 pub mod debootstrap;
 pub mod disk;
+pub mod files;
 pub mod image;
 pub mod import;
 pub mod inputs;
