@@ -374,6 +374,7 @@ impl Step for FilesStep {
             ));
             let tree = ctx.out.join(TREE_FOLDER);
             std::fs::create_dir(&tree).map_err(io_error("create", &tree))?;
+            let started = std::time::Instant::now();
             let (copy_scan, copy_tree, cancel) = (scan.clone(), tree.clone(), ctx.cancel.clone());
             let copied = tokio::task::spawn_blocking(move || {
                 copy::copy_selection(&copy_scan, &copy_tree, &cancel)
@@ -391,8 +392,9 @@ impl Step for FilesStep {
                 .expect("a report serializes");
             std::fs::write(&report_path, text + "\n").map_err(io_error("write", &report_path))?;
             ctx.say(&format!(
-                "copied {}: {} by reflink, {} by copy; every digest as planned",
+                "copied {} in {:.1} s: {} by reflink, {} by copy; every digest as planned",
                 human_bytes(copied.bytes),
+                started.elapsed().as_secs_f64(),
                 plural(copied.reflinked, "file", "files"),
                 plural(copied.copied, "file", "files"),
             ));
