@@ -31,7 +31,11 @@ pub struct Copied {
 }
 
 /// A planned entry that is no longer what plan found.
-fn changed(root: &Path, entry: &Entry, why: &str) -> StepError {
+/// What the copy calls with the relative path of each entry that changed since plan.
+pub type OnChanged<'a> = &'a (dyn Fn(&Path) + Sync);
+
+fn changed(root: &Path, entry: &Entry, on_changed: OnChanged<'_>, why: &str) -> StepError {
+    on_changed(&entry.path);
     StepError::Unmet(format!(
         "`{}` changed since plan ({why}): run plan again",
         root.join(&entry.path).display()
@@ -75,11 +79,13 @@ fn set_times(path: &Path, mtime: (i64, i64)) -> Result<(), StepError> {
     })
 }
 
-/// Copy every entry of `scan` into the empty folder `to`, verifying each file's digest.
+/// Copy every entry of `scan` into the empty folder `to`, verifying each file's digest; an entry
+/// that is not what plan found fails the copy, after `on_changed` is told its path.
 pub fn copy_selection(
     scan: &Scan,
     to: &Path,
     cancel: &CancellationToken,
+    on_changed: OnChanged<'_>,
 ) -> Result<Copied, StepError> {
     let root = &scan.root;
     // Folders first, writable while their content goes in; their modes and times come last.
@@ -116,6 +122,7 @@ pub fn copy_selection(
                         digest,
                         &reflinks_work,
                         cancel,
+                        on_changed,
                     )?;
                     if how {
                         reflinked.fetch_add(1, Ordering::Relaxed);
@@ -127,12 +134,19 @@ pub fn copy_selection(
                 Kind::Symlink { target } => {
                     match std::fs::read_link(&from) {
                         Ok(now) if now == *target => {}
-                        Ok(_) => return Err(changed(root, entry, "its target differs")),
+                        Ok(_) => {
+                            return Err(changed(root, entry, on_changed, "its target differs"))
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                            return Err(changed(root, entry, "it is gone"))
+                            return Err(changed(root, entry, on_changed, "it is gone"))
                         }
                         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                            return Err(changed(root, entry, "it is no longer a symbolic link"))
+                            return Err(changed(
+                                root,
+                                entry,
+                                on_changed,
+                                "it is no longer a symbolic link",
+                            ))
                         }
                         Err(e) => return Err(io("read", &from)(e)),
                     }
@@ -166,6 +180,7 @@ fn copy_file(
     digest: &Digest,
     reflinks_work: &AtomicBool,
     cancel: &CancellationToken,
+    on_changed: OnChanged<'_>,
 ) -> Result<bool, StepError> {
     let mut source = match std::fs::OpenOptions::new()
         .read(true)
@@ -174,15 +189,20 @@ fn copy_file(
     {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(changed(root, entry, "it is gone"))
+            return Err(changed(root, entry, on_changed, "it is gone"))
         }
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(changed(root, entry, "it is now a symbolic link"))
+            return Err(changed(
+                root,
+                entry,
+                on_changed,
+                "it is now a symbolic link",
+            ))
         }
         Err(e) => return Err(io("open", from)(e)),
     };
     if !source.metadata().map_err(io("inspect", from))?.is_file() {
-        return Err(changed(root, entry, "it is no longer a file"));
+        return Err(changed(root, entry, on_changed, "it is no longer a file"));
     }
     let mut out = std::fs::OpenOptions::new()
         .read(true)
@@ -218,10 +238,10 @@ fn copy_file(
         (hasher.finalize().into(), hasher.count())
     };
     if length != size {
-        return Err(changed(root, entry, "its size differs"));
+        return Err(changed(root, entry, on_changed, "its size differs"));
     }
     if found != *digest {
-        return Err(changed(root, entry, "its content differs"));
+        return Err(changed(root, entry, on_changed, "its content differs"));
     }
     out.set_permissions(std::fs::Permissions::from_mode(entry.mode))
         .map_err(io("chmod", dest))?;
@@ -234,4 +254,86 @@ fn copy_file(
     )
     .map_err(io("set the times of", dest))?;
     Ok(cloned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::files::scan::{scan, Globs};
+    use std::process::Command;
+
+    /// A btrfs file system in a file, mounted for the test's life.
+    struct Mounted(PathBuf);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    fn btrfs(dir: &Path) -> Option<Mounted> {
+        let have = |tool: &str| {
+            ["/usr/sbin", "/sbin", "/usr/bin"]
+                .iter()
+                .any(|d| Path::new(d).join(tool).exists())
+        };
+        if !nix::unistd::Uid::effective().is_root() || !have("mkfs.btrfs") {
+            return None;
+        }
+        let image = dir.join("fs.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        let made = Command::new("mkfs.btrfs")
+            .arg("-q")
+            .arg(&image)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mnt = dir.join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        mounted.success().then_some(Mounted(mnt))
+    }
+
+    #[test]
+    fn on_one_file_system_that_can_files_are_reflinked_and_edits_of_the_source_stay_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(mounted) = btrfs(dir.path()) else {
+            eprintln!("skipped: needs root and mkfs.btrfs (a loop-mounted btrfs)");
+            return;
+        };
+        let tree = mounted.0.join("tree");
+        std::fs::create_dir_all(tree.join("data")).unwrap();
+        std::fs::write(tree.join("data/small"), "small").unwrap();
+        std::fs::write(tree.join("big"), vec![3u8; 3 << 20]).unwrap();
+        let scanned = scan(&tree, &Globs::new(&[], &[]).unwrap(), None).unwrap();
+        let out = mounted.0.join("out");
+        std::fs::create_dir(&out).unwrap();
+        let copied = copy_selection(&scanned, &out, &CancellationToken::new(), &|_| {}).unwrap();
+        assert_eq!((copied.reflinked, copied.copied), (2, 0));
+        assert_eq!(std::fs::read(out.join("big")).unwrap(), vec![3u8; 3 << 20]);
+        // An in-place edit of the source (what a hard link would pass on) leaves the copy alone.
+        let mut source = std::fs::OpenOptions::new()
+            .write(true)
+            .open(tree.join("data/small"))
+            .unwrap();
+        source.write_all(b"EDIT").unwrap();
+        drop(source);
+        assert_eq!(
+            std::fs::read_to_string(tree.join("data/small")).unwrap(),
+            "EDITl"
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join("data/small")).unwrap(),
+            "small"
+        );
+    }
 }

@@ -298,7 +298,7 @@ impl Step for FilesStep {
             line.push_str(&format!(" ({})", excluded.join(", ")));
         }
         line.push_str(&format!("; hashed {}", thousands(scan.hashed)));
-        if scan.stat_cache_used {
+        if scan.stat_cache.is_some() {
             line.push_str(&format!(
                 ", {} from the stat cache",
                 thousands(scan.from_cache)
@@ -374,9 +374,22 @@ impl Step for FilesStep {
             ));
             let tree = ctx.out.join(TREE_FOLDER);
             std::fs::create_dir(&tree).map_err(io_error("create", &tree))?;
+            let started = std::time::Instant::now();
             let (copy_scan, copy_tree, cancel) = (scan.clone(), tree.clone(), ctx.cancel.clone());
             let copied = tokio::task::spawn_blocking(move || {
-                copy::copy_selection(&copy_scan, &copy_tree, &cancel)
+                let changed = std::sync::Mutex::new(Vec::new());
+                let note = |path: &Path| {
+                    let mut changed = changed.lock().expect("not poisoned");
+                    changed.push(path.as_os_str().as_bytes().to_vec());
+                };
+                let result = copy::copy_selection(&copy_scan, &copy_tree, &cancel, &note);
+                // A file whose stat still matched the cache but whose content did not: the
+                // cache must not vouch for it again.
+                let changed = changed.into_inner().expect("not poisoned");
+                if let (Some(cache), false) = (&copy_scan.stat_cache, changed.is_empty()) {
+                    let _ = stat_cache::StatCache::forget(cache, &changed);
+                }
+                result
             })
             .await
             .map_err(|e| StepError::Unmet(format!("the copy stopped: {e}")))??;
@@ -391,8 +404,9 @@ impl Step for FilesStep {
                 .expect("a report serializes");
             std::fs::write(&report_path, text + "\n").map_err(io_error("write", &report_path))?;
             ctx.say(&format!(
-                "copied {}: {} by reflink, {} by copy; every digest as planned",
+                "copied {} in {:.1} s: {} by reflink, {} by copy; every digest as planned",
                 human_bytes(copied.bytes),
+                started.elapsed().as_secs_f64(),
                 plural(copied.reflinked, "file", "files"),
                 plural(copied.copied, "file", "files"),
             ));
@@ -588,5 +602,49 @@ mod tests {
         ] {
             assert!(!root.join(stray).exists(), "{stray} is in the VM");
         }
+    }
+
+    #[tokio::test]
+    async fn a_stat_cache_that_vouched_for_a_wrong_digest_is_corrected_by_the_failed_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("a.txt"), "the truth").unwrap();
+        let cache_dir = dir.path().join("cache");
+        let ctx = || ResolveContext::with_store(dir.path(), cache_dir.clone(), [7; 32]);
+        let first = step("tree", &[]);
+        first.resolve(&ctx()).unwrap();
+        let cache_file = first.scan.get().unwrap().stat_cache.clone().unwrap();
+        // A cache that lies: the file's very stat, a wrong digest, trusted (as an undetected
+        // racy write or a file server's skewed clock could make it).
+        let stat = stat_cache::FileStat::of(&std::fs::metadata(tree.join("a.txt")).unwrap());
+        stat_cache::StatCache::save(
+            &cache_file,
+            stat_cache::now_ns() + 60_000_000_000,
+            [(b"a.txt".as_slice(), stat, Digest::of_bytes(b"a lie"))].into_iter(),
+        )
+        .unwrap();
+        let fooled = step("tree", &[]);
+        fooled.resolve(&ctx()).unwrap();
+        assert_eq!(fooled.scan.get().unwrap().from_cache, 1);
+        let error = fooled
+            .run(context(&dir.path().join("run1")))
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("changed since plan (its content differs)"),
+            "{error}"
+        );
+        // The next plan reads the file again, and the copy succeeds.
+        let fixed = step("tree", &[]);
+        fixed.resolve(&ctx()).unwrap();
+        assert_eq!(fixed.scan.get().unwrap().hashed, 1);
+        fixed.run(context(&dir.path().join("run2"))).await.unwrap();
+        assert_eq!(
+            fixed.scan.get().unwrap().fingerprint,
+            first.scan.get().unwrap().fingerprint
+        );
     }
 }

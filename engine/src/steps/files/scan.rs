@@ -160,8 +160,8 @@ pub struct Scan {
     pub hashed: u64,
     /// Files whose digest came from the stat cache.
     pub from_cache: u64,
-    /// Whether the scan had a stat cache to use (plans against a store do).
-    pub stat_cache_used: bool,
+    /// The stat cache this scan used and wrote (plans against a store have one).
+    pub stat_cache: Option<PathBuf>,
     /// Why the stat cache was not used, when it was refused, or could not be written.
     pub cache_note: Option<String>,
     pub fingerprint: Digest,
@@ -387,7 +387,7 @@ pub fn scan(root: &Path, globs: &Globs, cache: Option<&Path>) -> Result<Scan, Sc
         special: special.into_inner(),
         hashed,
         from_cache: from_cache.into_inner(),
-        stat_cache_used: cache.is_some(),
+        stat_cache: cache.map(Path::to_path_buf),
         cache_note,
         fingerprint,
     })

@@ -158,6 +158,26 @@ impl StatCache {
         self.entries.contains_key(path)
     }
 
+    /// Drop the entries of `paths` from the cache at `cache_file`, so that the next plan reads
+    /// those files again: apply found them different from what plan said. A cache that cannot
+    /// be read is removed.
+    pub fn forget(cache_file: &Path, paths: &[Vec<u8>]) -> std::io::Result<()> {
+        let Ok(mut cache) = StatCache::load(cache_file) else {
+            return std::fs::remove_file(cache_file);
+        };
+        for path in paths {
+            cache.entries.remove(path);
+        }
+        StatCache::save(
+            cache_file,
+            cache.scan_started_ns,
+            cache
+                .entries
+                .iter()
+                .map(|(p, (stat, digest))| (p.as_slice(), *stat, *digest)),
+        )
+    }
+
     /// Write a cache of `entries` made by a scan that started at `scan_started_ns`, atomically.
     pub fn save<'a>(
         path: &Path,
@@ -336,5 +356,12 @@ mod tests {
         assert!(matches!(StatCache::load(&path), Err(CacheRefused::Foreign)));
         std::fs::write(&path, &good).unwrap();
         assert_eq!(StatCache::load(&path).unwrap().len(), 2);
+        StatCache::forget(&path, &[b"a".to_vec()]).unwrap();
+        let forgotten = StatCache::load(&path).unwrap();
+        assert_eq!(forgotten.len(), 1);
+        assert!(!forgotten.knows(b"a") && forgotten.knows(b"b"));
+        std::fs::write(&path, b"garbage").unwrap();
+        StatCache::forget(&path, &[b"a".to_vec()]).unwrap();
+        assert!(!path.exists(), "a cache that cannot be read is removed");
     }
 }
