@@ -612,3 +612,20 @@ fn a_tree_with_nothing_to_copy_is_a_diagnostic() {
         },
     );
 }
+
+#[test]
+fn an_exclude_with_nothing_to_exclude_is_a_note_not_an_error() {
+    let project = Project::new();
+    project
+        .file("web/index.html", "i\n")
+        .file("web/data/genome.fasta", ">chr1\n");
+    project.recipe(
+        "files \"web\" {\n  from    = \"web\"\n  to      = \"/var/www\"\n  exclude = [\"**/*.bam\"]\n}\n",
+    );
+    let run = project.run(&["plan", "site.hcl"]).success();
+    assert!(
+        run.stdout.contains("nothing to exclude for `**/*.bam`"),
+        "{}",
+        run.stdout
+    );
+}

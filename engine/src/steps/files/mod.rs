@@ -131,18 +131,32 @@ impl FilesStep {
         }
     }
 
-    /// Globs that selected or left out nothing: likely a typo, or a pattern that matches at
-    /// the top of the tree only.
+    /// Globs that are likely mistakes: an `include` that selected nothing, and an `exclude`
+    /// that left nothing out at the top of the tree while the same pattern would match in its
+    /// folders (`*.bam` where `**/*.bam` was meant: the BAM files would ship). An `exclude`
+    /// with nothing to exclude anywhere is fine (a release without BAM files): plan notes it.
     fn unmatched_globs(&self, scan: &Scan) -> Option<Diagnostic> {
         let mut unmatched: Vec<(&str, usize, &str)> = Vec::new();
-        for (list, patterns, matched) in [
-            ("include", &self.block.include, &scan.include_matched),
-            ("exclude", &self.block.exclude, &scan.exclude_matched),
-        ] {
-            for (i, (pattern, hit)) in patterns.iter().zip(matched).enumerate() {
-                if !hit {
-                    unmatched.push((list, i, pattern));
-                }
+        for (i, (pattern, hit)) in self
+            .block
+            .include
+            .iter()
+            .zip(&scan.include_matched)
+            .enumerate()
+        {
+            if !hit {
+                unmatched.push(("include", i, pattern));
+            }
+        }
+        for (i, (pattern, hit)) in self
+            .block
+            .exclude
+            .iter()
+            .zip(&scan.exclude_matched)
+            .enumerate()
+        {
+            if !hit && matches_deeper(pattern, scan) {
+                unmatched.push(("exclude", i, pattern));
             }
         }
         let (first, rest) = unmatched.split_first()?;
@@ -164,6 +178,22 @@ impl FilesStep {
         };
         Some(diagnostic.help(help))
     }
+}
+
+/// Whether `**/PATTERN` matches an entry of the scan, for a pattern that matches at the top of
+/// the tree only.
+fn matches_deeper(pattern: &str, scan: &Scan) -> bool {
+    if pattern.contains('/') || pattern.starts_with("**") {
+        return false;
+    }
+    let Ok(glob) = globset::GlobBuilder::new(&format!("**/{pattern}"))
+        .literal_separator(true)
+        .build()
+    else {
+        return false;
+    };
+    let matcher = glob.compile_matcher();
+    scan.entries.iter().any(|e| matcher.is_match(&e.path))
 }
 
 /// `12345` → `12,345`.
@@ -305,6 +335,17 @@ impl Step for FilesStep {
             ));
         }
         let mut lines = vec![line];
+        let idle: Vec<String> = self
+            .block
+            .exclude
+            .iter()
+            .zip(&scan.exclude_matched)
+            .filter(|(_, hit)| !**hit)
+            .map(|(pattern, _)| format!("`{pattern}`"))
+            .collect();
+        if !idle.is_empty() {
+            lines.push(format!("nothing to exclude for {}", idle.join(", ")));
+        }
         if let Some(note) = &scan.cache_note {
             lines.push(note.clone());
         }
