@@ -3,6 +3,7 @@
 
 mod support;
 
+mod book;
 mod caching;
 mod cli;
 mod config;

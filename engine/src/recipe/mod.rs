@@ -413,7 +413,7 @@ fn evaluate(
         .map(|b| format!("{}.{}", b.kind, b.labels[0].0))
         .collect();
     validate(&recipe, &declared, diagnostics);
-    check_configs(&mut recipe, diagnostics);
+    check_configs(&mut recipe, &declared, diagnostics);
     recipe.files_read = std::mem::take(&mut scope.files_read);
     Some(recipe)
 }
@@ -562,7 +562,7 @@ fn json_to_value(json: &serde_json::Value, span: &Span) -> SValue {
 /// Read each `config` block's template, add it to the recipe's sources, and check that every
 /// name in it is a value the block can fill: a key of `values`, a variable that is not
 /// sensitive, or a field of a database of the recipe.
-fn check_configs(recipe: &mut Recipe, diagnostics: &mut Vec<Diagnostic>) {
+fn check_configs(recipe: &mut Recipe, declared: &[String], diagnostics: &mut Vec<Diagnostic>) {
     use template::{reference, Reference, DATABASE_FIELDS};
     let configs = recipe.configs.clone();
     for config in &configs {
@@ -665,7 +665,11 @@ fn check_configs(recipe: &mut Recipe, diagnostics: &mut Vec<Diagnostic>) {
                 continue;
             }
         };
-        let databases: Vec<&str> = recipe.databases.iter().map(|d| d.name.as_str()).collect();
+        // Every database block written, decoded or not: one broken block is one error.
+        let databases: Vec<&str> = declared
+            .iter()
+            .filter_map(|id| id.strip_prefix("database."))
+            .collect();
         for (name, range) in parsed.names() {
             let at = Span::new(file, range.clone());
             let problem = match reference(name) {

@@ -467,7 +467,9 @@ pub fn resolve_local(path: &Path, git_ref: &str) -> Result<Resolution, ResolveEr
     let symbolic =
         git(repo, &["rev-parse", "--symbolic-full-name", git_ref], &[]).unwrap_or_default();
     let symbolic = symbolic.trim();
-    let kind = if symbolic.starts_with("refs/heads/") {
+    let kind = if git_ref == "HEAD" {
+        RefKind::Other
+    } else if symbolic.starts_with("refs/heads/") {
         RefKind::Branch
     } else if symbolic.starts_with("refs/tags/") {
         RefKind::Tag
