@@ -3,10 +3,9 @@
 //! rebuilds only what follows it; the OVA imports with virt-v2v. Run when `VMBUILD_E2E=1`
 //! (`dev/test` sets it): it needs root, the packages of `dev/setup`, and about ten minutes.
 
-use std::path::Path;
 use std::process::Command;
 
-use crate::support::Project;
+use crate::support::{copy_example, exported_manifest, Project};
 
 fn enabled() -> bool {
     if std::env::var_os("VMBUILD_E2E").is_some() {
@@ -14,19 +13,6 @@ fn enabled() -> bool {
     }
     eprintln!("skipped: set VMBUILD_E2E=1 to build and boot a real VM");
     false
-}
-
-fn copy_example(project: &Project, name: &str) {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(name);
-    let status = Command::new("cp")
-        .args(["-a", &format!("{}/.", from.display())])
-        .arg(project.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = std::fs::remove_dir_all(project.path().join("output"));
 }
 
 fn action_of(plan: &serde_json::Value, id: &str) -> String {
@@ -66,19 +52,7 @@ fn the_vm_example_builds_boots_and_rebuilds_only_what_changed() {
             "`{file}` is missing from output/"
         );
     }
-    let sums = Command::new("sha256sum")
-        .arg("-c")
-        .arg("SHA256SUMS")
-        .current_dir(&output)
-        .output()
-        .unwrap();
-    assert!(
-        sums.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sums.stdout)
-    );
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(output.join("manifest.json")).unwrap()).unwrap();
+    let manifest = exported_manifest(&output);
     assert!(
         manifest["packages"]["nginx-light"].is_string(),
         "the package list is recorded"

@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::snapshot;
-use crate::support::{Project, Run};
+use crate::support::{step, template_tools, Project, Run};
 
 const WEB: &str = r#"
 files "web" {
@@ -73,16 +73,6 @@ fn run_without_override(project: &Project, args: &[&str]) -> Run {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
-}
-
-fn step(plan: &serde_json::Value, id: &str) -> serde_json::Value {
-    plan["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .unwrap_or_else(|| panic!("no {id} in {plan}"))
-        .clone()
 }
 
 /// Every entry under `dir`, relative, sorted, with a letter for its type.
@@ -506,20 +496,9 @@ step "conf" {
     );
 }
 
-/// Whether the tools a template's plan needs are here (they are where the VM is built).
-fn template_tools() -> bool {
-    ["debootstrap", "mkfs.ext4", "grub-mkimage"]
-        .iter()
-        .all(|tool| {
-            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-                .iter()
-                .any(|dir| Path::new(dir).join(tool).exists())
-        })
-}
-
 #[test]
 fn in_a_vm_file_trees_go_on_after_sources_and_before_step_layers() {
-    if !template_tools() {
+    if !template_tools(&[]) {
         eprintln!("skipped: planning a template needs debootstrap, mkfs.ext4 and grub-mkimage");
         return;
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::snapshot;
-use crate::support::Project;
+use crate::support::{step, template_tools, Project};
 
 /// Run git in `dir` with a fixed identity and no user configuration; its trimmed output.
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -51,16 +51,6 @@ fn repository(project: &Project, name: &str, files: &[(&str, &str)]) -> (PathBuf
     git(&dir, &["init", "-q", "-b", "main"]);
     let id = commit(&dir, files, "first");
     (dir, id)
-}
-
-fn step(plan: &serde_json::Value, id: &str) -> serde_json::Value {
-    plan["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .unwrap_or_else(|| panic!("no {id} in {plan}"))
-        .clone()
 }
 
 const SITE: &str = r#"
@@ -502,20 +492,9 @@ step "conf" {
     assert!(run.stderr.contains("2 errors"), "{}", run.stderr);
 }
 
-/// Whether the tools a template's plan needs are here (they are where the VM is built).
-fn template_tools() -> bool {
-    ["debootstrap", "mkfs.ext4", "grub-mkimage"]
-        .iter()
-        .all(|tool| {
-            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-                .iter()
-                .any(|dir| Path::new(dir).join(tool).exists())
-        })
-}
-
 #[test]
 fn in_a_vm_a_source_is_a_layer_and_its_build_runs_in_the_template() {
-    if !template_tools() {
+    if !template_tools(&[]) {
         eprintln!("skipped: planning a template needs debootstrap, mkfs.ext4 and grub-mkimage");
         return;
     }

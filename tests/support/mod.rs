@@ -171,6 +171,58 @@ fn walk(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// Copy `examples/NAME` into the project, without an `output/` folder a build there left.
+pub fn copy_example(project: &Project, name: &str) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name);
+    let status = std::process::Command::new("cp")
+        .args(["-a", &format!("{}/.", from.display())])
+        .arg(project.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(project.path().join("output"));
+}
+
+/// The exported build in `output`: its `SHA256SUMS` verify, and its manifest.
+pub fn exported_manifest(output: &Path) -> serde_json::Value {
+    let sums = std::process::Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(output)
+        .output()
+        .unwrap();
+    assert!(
+        sums.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sums.stdout)
+    );
+    serde_json::from_slice(&std::fs::read(output.join("manifest.json")).unwrap()).unwrap()
+}
+
+/// The step `id` of a plan's JSON.
+pub fn step(plan: &serde_json::Value, id: &str) -> serde_json::Value {
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no {id} in {plan}"))
+        .clone()
+}
+
+/// Whether the tools a template's plan needs are here, and `more` (they are where VMs are built).
+pub fn template_tools(more: &[&str]) -> bool {
+    ["debootstrap", "mkfs.ext4", "grub-mkimage"]
+        .iter()
+        .chain(more)
+        .all(|tool| {
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .any(|dir| Path::new(dir).join(tool).exists())
+        })
+}
+
 /// Filters that make output stable across runs: temporary paths, digests, times.
 pub fn filters(project: &Project) -> Vec<(String, String)> {
     let root = project.path().display().to_string();

@@ -11,9 +11,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::inputs::hash_file;
+use super::loop_mount::LoopMount;
 use super::tools::QEMU_IMG;
 use super::tree::copy_tree;
-use super::{io_error, ResolveContext, Resolved, RunContext, Step, StepError, StepFuture};
+use super::{ResolveContext, Resolved, RunContext, Step, StepError, StepFuture};
 use crate::diag::{Diagnostic, Span};
 use crate::recipe::{ImageImport, Named, Seg, TemplateBlock};
 
@@ -113,22 +114,6 @@ fn run(program: &str, args: &[&str]) -> Result<String, StepError> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
-/// Detaches a loop device and unmounts on drop, whatever happened.
-struct Mounted {
-    device: String,
-    target: std::path::PathBuf,
-    mounted: bool,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH);
-        }
-        let _ = Command::new("losetup").args(["-d", &self.device]).status();
-    }
-}
-
 impl Step for ImportStep {
     fn id(&self) -> &str {
         &self.id
@@ -182,40 +167,14 @@ impl Step for ImportStep {
                 &["convert", "-f", &format, "-O", "raw", &image_s, &raw_s],
             )?;
             let (offset, size) = root_partition(&raw)?;
-            let device = run(
-                "losetup",
-                &[
-                    "--find",
-                    "--show",
-                    "--read-only",
-                    "-o",
-                    &offset.to_string(),
-                    "--sizelimit",
-                    &size.to_string(),
-                    &raw_s,
-                ],
+            let mounted = LoopMount::ext4_read_only(
+                &raw,
+                offset,
+                size,
+                &ctx.scratch.join("mnt"),
+                nix::mount::MsFlags::empty(),
             )?;
-            let target = ctx.scratch.join("mnt");
-            std::fs::create_dir_all(&target).map_err(io_error("create", &target))?;
-            let mut mounted = Mounted {
-                device: device.clone(),
-                target: target.clone(),
-                mounted: false,
-            };
-            nix::mount::mount(
-                Some(device.as_str()),
-                &target,
-                Some("ext4"),
-                nix::mount::MsFlags::MS_RDONLY,
-                Some("noload"),
-            )
-            .map_err(|errno| StepError::Io {
-                action: "mount",
-                path: target.clone(),
-                source: errno.into(),
-            })?;
-            mounted.mounted = true;
-            copy_tree(&target, &ctx.out)?;
+            copy_tree(mounted.path(), &ctx.out)?;
             drop(mounted);
             // The old boot setup and mounts are the disk step's to write afresh.
             let _ = std::fs::remove_file(ctx.out.join("etc/fstab"));

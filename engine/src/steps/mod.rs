@@ -12,6 +12,7 @@ pub mod image;
 pub mod import;
 pub mod inputs;
 pub mod layers;
+pub mod loop_mount;
 pub mod output;
 pub mod process;
 pub mod provision_puppet;

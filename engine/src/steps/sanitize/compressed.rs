@@ -14,7 +14,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use nix::mount::MsFlags;
+
 use super::matcher::{Found, Matcher};
+use crate::steps::loop_mount::LoopMount;
 use crate::steps::{io_error, StepError};
 
 /// The program (and its arguments) that writes the decompressed content of a file named
@@ -59,22 +62,6 @@ pub struct Compressed {
     pub not_searched: BTreeMap<&'static str, u64>,
 }
 
-/// Unmounts and detaches on drop, whatever happened.
-struct Mounted {
-    device: String,
-    target: PathBuf,
-    mounted: bool,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH);
-        }
-        let _ = Command::new("losetup").args(["-d", &self.device]).status();
-    }
-}
-
 fn find(program: &str) -> Option<PathBuf> {
     crate::steps::process::find_program(program, Path::new("/")).or_else(|| {
         ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
@@ -95,48 +82,14 @@ pub fn search(
 ) -> Result<Compressed, StepError> {
     let mut result = Compressed::default();
     for (i, (offset, size)) in partitions.iter().enumerate() {
-        let output = Command::new("losetup")
-            .args(["--find", "--show", "--read-only", "-o"])
-            .arg(offset.to_string())
-            .arg("--sizelimit")
-            .arg(size.to_string())
-            .arg(raw)
-            .output()
-            .map_err(|source| StepError::Spawn {
-                program: "losetup".into(),
-                source,
-            })?;
-        if !output.status.success() {
-            return Err(StepError::Unmet(format!(
-                "cannot attach the disk to a loop device to search the compressed files inside it (this needs root): {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
-        }
-        let device = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        let target = scratch.join(format!("mnt-{i}"));
-        std::fs::create_dir_all(&target).map_err(io_error("create", &target))?;
-        let mut mounted = Mounted {
-            device: device.clone(),
-            target: target.clone(),
-            mounted: false,
-        };
-        nix::mount::mount(
-            Some(device.as_str()),
-            &target,
-            Some("ext4"),
-            nix::mount::MsFlags::MS_RDONLY
-                | nix::mount::MsFlags::MS_NODEV
-                | nix::mount::MsFlags::MS_NOSUID
-                | nix::mount::MsFlags::MS_NOEXEC,
-            Some("noload"),
-        )
-        .map_err(|errno| StepError::Io {
-            action: "mount",
-            path: target.clone(),
-            source: errno.into(),
-        })?;
-        mounted.mounted = true;
-        search_tree(matcher, &target, &mut result, cancelled)?;
+        let mounted = LoopMount::ext4_read_only(
+            raw,
+            *offset,
+            *size,
+            &scratch.join(format!("mnt-{i}")),
+            MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        )?;
+        search_tree(matcher, mounted.path(), &mut result, cancelled)?;
         drop(mounted);
     }
     Ok(result)
