@@ -52,9 +52,11 @@ fn relative_files(recipe: &str) -> Vec<String> {
             && piece
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
-            && [".sh", ".sql", ".pp", ".tmpl", ".txt", ".xml", ".ini", ".conf"]
-                .iter()
-                .any(|ext| piece.ends_with(ext));
+            && [
+                ".sh", ".sql", ".pp", ".tmpl", ".txt", ".xml", ".ini", ".conf",
+            ]
+            .iter()
+            .any(|ext| piece.ends_with(ext));
         if is_path {
             files.push(piece.to_string());
         }
@@ -90,7 +92,10 @@ fn every_recipe_in_the_book_validates() {
             }
             let mut command = project.command(&["validate", "site.hcl"]);
             for name in env_names(&recipe) {
-                command.env(name, "postgres://reader:secret-for-the-book@db.example.org/site");
+                command.env(
+                    name,
+                    "postgres://reader:secret-for-the-book@db.example.org/site",
+                );
             }
             let output = command.output().unwrap();
             if !output.status.success() {
@@ -154,7 +159,10 @@ fn the_reference_lists_every_attribute_of_every_block() {
         ("`image { }`", attributes::<ImageImport>()),
         ("`user { }`", attributes::<UserBlock>()),
         ("`provision \"shell\" { }`", attributes::<ShellProvision>()),
-        ("`provision \"puppet\" { }`", attributes::<PuppetProvision>()),
+        (
+            "`provision \"puppet\" { }`",
+            attributes::<PuppetProvision>(),
+        ),
         ("`database \"NAME\"`", attributes::<DatabaseBlock>()),
         ("`lock { }`", attributes::<LockBlock>()),
         ("`source \"NAME\"`", attributes::<SourceBlock>()),

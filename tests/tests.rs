@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod crash;
 mod databases;
+mod demo;
 mod diagnostics;
 mod diff;
 mod e2e;
