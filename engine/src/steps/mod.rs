@@ -173,6 +173,21 @@ impl StepError {
     }
 }
 
+/// A size for people: `1536` → `1.5 KiB`, `512` → `512 B`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// A `map_err` adapter: an I/O error while doing `action` on `path`.
 pub fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StepError {
     let path = path.to_path_buf();

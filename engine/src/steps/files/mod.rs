@@ -26,7 +26,9 @@ use std::sync::{Arc, OnceLock};
 use serde_json::json;
 
 use super::layers::Layer;
-use super::{io_error, ResolveContext, Resolved, RunContext, Step, StepError, StepFuture};
+use super::{
+    human_bytes, io_error, ResolveContext, Resolved, RunContext, Step, StepError, StepFuture,
+};
 use crate::diag::{Diagnostic, Span};
 use crate::hash::Digest;
 use crate::recipe::{FilesBlock, Named, Seg, SpanIndex};
@@ -211,21 +213,6 @@ fn thousands(n: u64) -> String {
 
 fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{} {}", thousands(n), if n == 1 { one } else { many })
-}
-
-/// `1536` → `1.5 KiB`.
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// `4 files and 1 symlink, 61 B`.

@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::recipe::SanitizeOperation;
-use crate::steps::{io_error, StepError};
+use crate::steps::{human_bytes, io_error, StepError};
 
 /// History files removed from root's home and every user's (`shell-history`).
 pub const HISTORY_FILES: &[&str] = &[
@@ -120,21 +120,6 @@ impl Scrubbed {
         self.bytes += other.bytes;
         self.notes.extend(other.notes);
     }
-}
-
-/// `1.2 MiB`, `512 bytes`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} bytes");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// Apply `operations` to the tree at `root`, each once, in their fixed order; what each did.
