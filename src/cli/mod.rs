@@ -124,15 +124,23 @@ fn run(args: Args) -> Outcome {
     match &args.command {
         Command::Validate { recipe, vars } => {
             let loaded = load(recipe, vars)?;
-            let blocks = loaded.block_ids().len()
-                + loaded.sanitize.is_some() as usize
-                + loaded.qa.is_some() as usize;
-            println!(
-                "`{}` is valid: {} block{}",
-                recipe.display(),
-                blocks,
-                if blocks == 1 { "" } else { "s" }
-            );
+            let blocks = loaded.block_count();
+            let plural = |n: usize| if n == 1 { "" } else { "s" };
+            if loaded.modules.is_empty() {
+                println!(
+                    "`{}` is valid: {blocks} block{}",
+                    recipe.display(),
+                    plural(blocks)
+                );
+            } else {
+                let instances = loaded.modules.len();
+                println!(
+                    "`{}` is valid: {blocks} block{}, with {instances} module instance{}",
+                    recipe.display(),
+                    plural(blocks),
+                    plural(instances)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Fmt { recipe, check } => fmt(recipe, *check),

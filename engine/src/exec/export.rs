@@ -125,10 +125,21 @@ pub fn export(
         dir: dir.to_path_buf(),
         ..ExportReport::default()
     };
-    let mut sums: BTreeMap<String, String> = BTreeMap::new();
+    // Artifact file → SHA-256, per folder (the output folder, or a module instance's in it).
+    let mut sums: BTreeMap<Option<String>, BTreeMap<String, String>> = BTreeMap::new();
     for step in artifact_steps {
         let Some(output) = report.outputs.get(&step.id) else {
             continue;
+        };
+        let folder = step.step.export_folder();
+        let target = match &folder {
+            Some(folder) => dir.join(folder),
+            None => dir.to_path_buf(),
+        };
+        std::fs::create_dir_all(&target).map_err(io("create", &target))?;
+        let shown = |name: &str| match &folder {
+            Some(folder) => format!("{folder}/{name}"),
+            None => name.to_string(),
         };
         let tree = store.tree_path(output);
         let entries = std::fs::read_dir(&tree).map_err(io("list", &tree))?;
@@ -143,34 +154,52 @@ pub fn export(
                 let text = std::fs::read_to_string(&from).map_err(io("read", &from))?;
                 for line in text.lines() {
                     if let Some((digest, file)) = line.split_once("  ") {
-                        sums.insert(file.to_string(), digest.to_string());
+                        sums.entry(folder.clone())
+                            .or_default()
+                            .insert(file.to_string(), digest.to_string());
                     }
                 }
                 continue;
             }
-            let to = dir.join(&name);
-            if state.get(&name) == Some(output) && to.exists() {
-                result.unchanged.push(name);
+            let to = target.join(&name);
+            let state_name = shown(&name);
+            if state.get(&state_name) == Some(output) && to.exists() {
+                result.unchanged.push(state_name);
                 continue;
             }
             copy_sparse(&from, &to)?;
-            state.insert(name.clone(), *output);
-            result.copied.push(name);
+            state.insert(state_name.clone(), *output);
+            result.copied.push(state_name);
         }
-        let notes =
-            step.step
-                .after_export(dir, libvirt_uri)
-                .map_err(|source| ExportError::Step {
-                    step: step.id.clone(),
-                    source,
-                })?;
+        let notes = step
+            .step
+            .after_export(&target, libvirt_uri)
+            .map_err(|source| ExportError::Step {
+                step: step.id.clone(),
+                source,
+            })?;
         result.notes.extend(notes);
     }
-    let sums_text: String = sums
-        .iter()
-        .map(|(file, digest)| format!("{digest}  {file}\n"))
-        .collect();
-    std::fs::write(dir.join(SHA256SUMS), sums_text).map_err(io("write", &dir.join(SHA256SUMS)))?;
+    let mut artifacts = BTreeMap::new();
+    for (folder, files) in &sums {
+        let target = match folder {
+            Some(folder) => dir.join(folder),
+            None => dir.to_path_buf(),
+        };
+        let text: String = files
+            .iter()
+            .map(|(file, digest)| format!("{digest}  {file}\n"))
+            .collect();
+        let path = target.join(SHA256SUMS);
+        std::fs::write(&path, text).map_err(io("write", &path))?;
+        for (file, digest) in files {
+            let name = match folder {
+                Some(folder) => format!("{folder}/{file}"),
+                None => file.clone(),
+            };
+            artifacts.insert(name, digest.clone());
+        }
+    }
     let manifest = Manifest {
         vmbuild: env!("CARGO_PKG_VERSION").to_string(),
         recipe: plan.recipe_path.display().to_string(),
@@ -195,7 +224,7 @@ pub fn export(
             })
             .collect(),
         packages: packages(plan, report, store),
-        artifacts: sums,
+        artifacts,
     };
     let manifest_path = dir.join("manifest.json");
     let text = serde_json::to_string_pretty(&manifest).expect("a manifest serializes") + "\n";

@@ -91,9 +91,12 @@ pub async fn apply(
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); plan.steps.len()];
     let mut waiting_on: Vec<usize> = vec![0; plan.steps.len()];
     for (i, step) in plan.steps.iter().enumerate() {
-        for dep in &step.depends_on {
-            dependents[position[dep.as_str()]].push(i);
-            waiting_on[i] += 1;
+        // The same step as an earlier one waits for it too, and is then found cached.
+        for dep in step.depends_on.iter().chain(&step.same_as) {
+            if let Some(&d) = position.get(dep.as_str()) {
+                dependents[d].push(i);
+                waiting_on[i] += 1;
+            }
         }
     }
     let mut ready: Vec<usize> = (0..plan.steps.len())

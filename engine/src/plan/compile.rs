@@ -31,6 +31,8 @@ use crate::steps::source::SourceStep;
 use crate::steps::system::SystemStep;
 use crate::steps::Step;
 
+use super::module::InModule;
+
 /// A compiled step and the secret values to blank out of its log.
 pub type Compiled = (Arc<dyn Step>, Vec<String>);
 
@@ -274,6 +276,18 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
                 .at(&database.header(), "no PostgreSQL to load it into")
                 .help("add a `template` whose packages include `postgresql`"),
             );
+        }
+    }
+    for instance in &recipe.modules {
+        match compile(&instance.recipe) {
+            Ok(compiled) => {
+                let prefix = format!("module.{}.", instance.name);
+                for (step, secrets) in compiled {
+                    let wrapped = InModule::new(step, &prefix, &instance.recipe.dir);
+                    steps.push((Arc::new(wrapped), secrets));
+                }
+            }
+            Err(inner) => diagnostics.items.extend(inner.items),
         }
     }
     if diagnostics.has_errors() {

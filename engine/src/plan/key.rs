@@ -47,7 +47,12 @@ impl KeyInputs {
             version: step.version(),
             params: step.params(),
             inputs: resolved.inputs.clone(),
-            upstream,
+            // Named as the step knows them: a module's steps have the same key in every
+            // instance of the module, whatever its steps' ids in the recipe's graph.
+            upstream: upstream
+                .into_iter()
+                .map(|(id, digest)| (step.upstream_name(&id).to_string(), digest))
+                .collect(),
             tools: resolved.tools.clone(),
             nonce: step.always_runs().map(|_| process_nonce()),
         }

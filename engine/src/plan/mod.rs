@@ -5,6 +5,7 @@
 
 mod compile;
 mod key;
+mod module;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ pub enum Reason {
     Changed(Vec<Change>),
     /// The step runs on every apply, for this reason.
     AlwaysRuns(&'static str),
+    /// Another step of the plan is the same step (a module's step in another instance): it is
+    /// built once, and this one is found cached after it.
+    SameAs(String),
     /// Upstream steps will run first; the key is known only once their outputs are.
     Pending {
         upstream: Vec<String>,
@@ -59,6 +63,7 @@ impl std::fmt::Display for Reason {
                 f.write_str(&text.join(", "))
             }
             Reason::AlwaysRuns(why) => f.write_str(why),
+            Reason::SameAs(first) => write!(f, "the same step as `{first}`: built once, after it"),
             Reason::Pending { upstream, changes } => {
                 let names: Vec<String> = upstream.iter().map(|u| format!("`{u}`")).collect();
                 let mut text = format!("after {} runs", names.join(", "));
@@ -90,6 +95,9 @@ pub struct PlannedStep {
     pub record: Option<ActionRecord>,
     /// Secret values the step handles, to blank out of its log.
     pub redact: Arc<Vec<String>>,
+    /// An earlier step of the plan that is this very step (same kind, own inputs and upstream
+    /// steps): this one waits for it and is then found cached.
+    pub same_as: Option<String>,
 }
 
 /// Why a plan could not be made.
@@ -186,6 +194,8 @@ impl Plan {
         };
         let mut steps: Vec<PlannedStep> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
+        type Signature = (&'static str, Digest, Vec<(String, String)>);
+        let mut seen: HashMap<Signature, String> = HashMap::new();
         for node in order {
             let id = graph[node].clone();
             let (step, redact) = by_id.remove(&id).expect("every node is a compiled step");
@@ -257,6 +267,32 @@ impl Plan {
                 };
                 (None, Action::Run, Some(reason), None)
             };
+            // The same step as an earlier one: same kind and own inputs, and upstream steps that
+            // are the same, under the same names.
+            let mut upstream_steps: Vec<(String, String)> = step
+                .depends_on()
+                .iter()
+                .map(|d| {
+                    let canonical = index
+                        .get(d)
+                        .and_then(|&i| steps[i].same_as.clone())
+                        .unwrap_or_else(|| d.clone());
+                    (step.upstream_name(d).to_string(), canonical)
+                })
+                .collect();
+            upstream_steps.sort();
+            let signature = (step.kind(), own_digest, upstream_steps);
+            let same_as = match seen.get(&signature) {
+                Some(first) => Some(first.clone()),
+                None => {
+                    seen.insert(signature, id.clone());
+                    None
+                }
+            };
+            let reason = match (&same_as, action) {
+                (Some(first), Action::Run) => Some(Reason::SameAs(first.clone())),
+                _ => reason,
+            };
             index.insert(id.clone(), steps.len());
             steps.push(PlannedStep {
                 id,
@@ -270,6 +306,7 @@ impl Plan {
                 reason,
                 record,
                 redact: Arc::new(redact),
+                same_as,
             });
         }
         if diagnostics.has_errors() {

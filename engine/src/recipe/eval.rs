@@ -46,6 +46,8 @@ pub struct Scope<'a> {
     evaluating: Vec<String>,
     /// Files read by `file()`, with their contents' digests: part of the recipe's identity.
     pub files_read: BTreeMap<PathBuf, crate::hash::Digest>,
+    /// In a `module` block with `for_each`: the instance's `each.key` and `each.value`.
+    pub each: Option<(SValue, SValue)>,
 }
 
 type EvalResult = Result<SValue, Diagnostic>;
@@ -61,6 +63,7 @@ impl<'a> Scope<'a> {
             local_values: HashMap::new(),
             evaluating: Vec::new(),
             files_read: BTreeMap::new(),
+            each: None,
         }
     }
 
@@ -342,6 +345,26 @@ impl<'a> Scope<'a> {
                             span: first_span,
                         }
                     }
+                    "each" => match (&self.each, attr_name.as_str()) {
+                        (Some((key, _)), "key") => SValue {
+                            value: key.value.clone(),
+                            span: first_span,
+                        },
+                        (Some((_, value)), "value") => SValue {
+                            value: value.value.clone(),
+                            span: first_span,
+                        },
+                        (Some(_), other) => {
+                            return Err(Diagnostic::error(format!("`each` has no `{other}`"))
+                                .at(&first_span, "`each.key` or `each.value`"))
+                        }
+                        (None, _) => {
+                            return Err(Diagnostic::error(
+                                "`each` is known only in a `module` block with `for_each`",
+                            )
+                            .at(&first_span, "no `for_each` here"))
+                        }
+                    },
                     kind if REFERENCEABLE.contains(&kind) => {
                         // A reference to another block: it evaluates to its id, `kind.name[.part]`.
                         let mut id = format!("{kind}.{attr_name}");

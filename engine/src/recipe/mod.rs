@@ -86,6 +86,20 @@ pub struct Recipe {
     pub files_read: BTreeMap<PathBuf, crate::hash::Digest>,
     /// The template of each `config` block (by block name), read and checked at load.
     pub config_templates: BTreeMap<String, ConfigTemplate>,
+    /// The `module` blocks' instances, each a recipe of its own (one per `for_each` key).
+    pub modules: Vec<ModuleInstance>,
+}
+
+/// One instance of a `module` block: the module's folder loaded as a recipe, its variables set
+/// by the block's other attributes.
+#[derive(Debug, Clone)]
+pub struct ModuleInstance {
+    /// `toxodb` for `module "toxodb"`; `site.toxodb` for the key `toxodb` of `module "site"`'s
+    /// `for_each`. Its steps' ids start with `module.NAME.`.
+    pub name: String,
+    /// The `module` block's header.
+    pub header: Span,
+    pub recipe: Recipe,
 }
 
 /// A `config` block's template file: its text (one of the recipe's [`Sources`], so diagnostics
@@ -111,7 +125,11 @@ pub const BLOCK_KINDS: &[(&str, usize)] = &[
     ("sanitize", 0),
     ("output", 1),
     ("qa", 0),
+    ("module", 1),
 ];
+
+/// How deep modules may nest.
+const MODULE_DEPTH: usize = 8;
 
 impl Recipe {
     /// Load a recipe from a file (`.hcl` or `.toml`) or a folder of `.hcl`/`.toml` files.
@@ -124,40 +142,21 @@ impl Recipe {
                 return Err(diagnostics);
             }
         };
-        let mut body = Body::default();
-        for file in files {
-            let text = match std::fs::read_to_string(&file) {
-                Ok(text) => text,
-                Err(e) => {
-                    diagnostics.push(Diagnostic::error(format!(
-                        "cannot read `{}`: {e}",
-                        file.display()
-                    )));
-                    continue;
-                }
-            };
-            let is_toml = file.extension().is_some_and(|e| e == "toml");
-            let id = diagnostics.sources.add(file, text);
-            let text = diagnostics.sources.get(id).text.clone();
-            let parsed = if is_toml {
-                syntax::parse_toml(id, &text)
-            } else {
-                syntax::parse_hcl(id, &text)
-            };
-            match parsed {
-                Ok(b) => {
-                    body.attrs.extend(b.attrs);
-                    body.blocks.extend(b.blocks);
-                }
-                Err(d) => diagnostics.push(d),
-            }
-        }
+        let body = parse_files(&files, &mut diagnostics.sources, &mut diagnostics.items);
         if diagnostics.has_errors() {
             return Err(diagnostics);
         }
         let sources = diagnostics.sources.clone();
         let mut items = Vec::new();
-        let recipe = evaluate(path, &dir, &sources, body, options, &mut items);
+        let recipe = evaluate(
+            path,
+            &dir,
+            &sources,
+            body,
+            options,
+            &Inputs::default(),
+            &mut items,
+        );
         diagnostics.items.extend(items);
         if let Some(recipe) = &recipe {
             // With the config templates read meanwhile, which diagnostics may point into.
@@ -167,6 +166,19 @@ impl Recipe {
             Some(recipe) if !diagnostics.has_errors() => Ok(recipe),
             _ => Err(diagnostics),
         }
+    }
+
+    /// How many blocks the recipe and its module instances hold (variables and locals aside).
+    pub fn block_count(&self) -> usize {
+        self.block_ids().len()
+            + self.sanitize.is_some() as usize
+            + self.qa.is_some() as usize
+            + self.modules.len()
+            + self
+                .modules
+                .iter()
+                .map(|m| m.recipe.block_count())
+                .sum::<usize>()
     }
 
     /// Every block id the recipe defines (`step.a`, `template.base`, `output.qcow2`, ...).
@@ -193,6 +205,52 @@ impl Recipe {
         ids.extend(self.outputs.iter().map(|s| format!("output.{}", s.name)));
         ids
     }
+}
+
+/// Parse recipe files into one body, adding each to `sources`.
+fn parse_files(
+    files: &[PathBuf],
+    sources: &mut Sources,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Body {
+    let mut body = Body::default();
+    for file in files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) => {
+                diagnostics.push(Diagnostic::error(format!(
+                    "cannot read `{}`: {e}",
+                    file.display()
+                )));
+                continue;
+            }
+        };
+        let is_toml = file.extension().is_some_and(|e| e == "toml");
+        let id = sources.add(file.clone(), text);
+        let text = sources.get(id).text.clone();
+        let parsed = if is_toml {
+            syntax::parse_toml(id, &text)
+        } else {
+            syntax::parse_hcl(id, &text)
+        };
+        match parsed {
+            Ok(b) => {
+                body.attrs.extend(b.attrs);
+                body.blocks.extend(b.blocks);
+            }
+            Err(d) => diagnostics.push(d),
+        }
+    }
+    body
+}
+
+/// What a module's variables are set to by its `module` block, and the folders of the modules
+/// being loaded (to refuse a module that includes itself).
+#[derive(Default)]
+struct Inputs {
+    /// `None` for the top recipe: its variables come from `-v` and `VMBUILD_VAR_*`.
+    values: Option<BTreeMap<String, SValue>>,
+    stack: Vec<PathBuf>,
 }
 
 /// The folder of a recipe and its files, sorted.
@@ -230,6 +288,7 @@ fn evaluate(
     sources: &Sources,
     body: Body,
     options: &LoadOptions,
+    inputs: &Inputs,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<Recipe> {
     let env = options.env.clone();
@@ -289,7 +348,14 @@ fn evaluate(
         blocks.push(block);
     }
     let mut variables = BTreeMap::new();
-    declare_variables(&mut scope, &blocks, options, &mut variables, diagnostics);
+    declare_variables(
+        &mut scope,
+        &blocks,
+        options,
+        inputs,
+        &mut variables,
+        diagnostics,
+    );
     for block in blocks.iter().filter(|b| b.kind == "locals") {
         if let Some(nested) = block.body.blocks.first() {
             diagnostics.push(
@@ -320,6 +386,7 @@ fn evaluate(
         qa: None,
         files_read: BTreeMap::new(),
         config_templates: BTreeMap::new(),
+        modules: vec![],
     };
     let mut seen_names: HashMap<(String, String), Span> = HashMap::new();
     for block in &blocks {
@@ -402,6 +469,15 @@ fn evaluate(
                 decode_into!(one);
                 recipe.qa = one.pop();
             }
+            "module" => instantiate(
+                &mut scope,
+                block,
+                &name,
+                &mut recipe,
+                options,
+                inputs,
+                diagnostics,
+            ),
             _ => unreachable!("kinds were checked above"),
         }
     }
@@ -418,6 +494,178 @@ fn evaluate(
     Some(recipe)
 }
 
+/// The instances of a `module "NAME"` block: its `source` folder loaded once per `for_each` key
+/// (once without `for_each`), its other attributes setting the module's variables.
+fn instantiate(
+    scope: &mut Scope<'_>,
+    block: &Block,
+    name: &str,
+    recipe: &mut Recipe,
+    options: &LoadOptions,
+    inputs: &Inputs,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    if let Some(nested) = block.body.blocks.first() {
+        diagnostics.push(
+            Diagnostic::error("a `module` block holds only attributes")
+                .at(&nested.kind_span, "a block is not allowed here")
+                .help("the module's blocks are in its `source` folder"),
+        );
+        return;
+    }
+    let attr = |key: &str| block.body.attrs.iter().find(|a| a.name == key);
+    let Some(source_attr) = attr("source") else {
+        diagnostics.push(
+            Diagnostic::error(format!("`module \"{name}\"` needs a `source`"))
+                .at(&block.header_span(), "where is the module?")
+                .help("`source = \"../recipes/eupath-site\"`: a folder of .hcl files, relative to this recipe"),
+        );
+        return;
+    };
+    let source = match scope.eval(&source_attr.expr, &source_attr.span) {
+        Ok(SValue {
+            value: Value::String(text),
+            ..
+        }) => text,
+        Ok(other) => {
+            diagnostics.push(
+                Diagnostic::error(format!(
+                    "`source` is a folder's path, not a {}",
+                    other.value.type_name()
+                ))
+                .at(&source_attr.span, "a path, such as \"../recipes/site\""),
+            );
+            return;
+        }
+        Err(d) => {
+            diagnostics.push(d);
+            return;
+        }
+    };
+    let folder = in_dir(&recipe.dir, &source);
+    let canonical = std::fs::canonicalize(&folder).unwrap_or_else(|_| folder.clone());
+    if inputs.stack.contains(&canonical) || inputs.stack.len() >= MODULE_DEPTH {
+        diagnostics.push(
+            Diagnostic::error(format!("the module `{source}` includes itself"))
+                .at(&source_attr.span, "a module that is already being loaded"),
+        );
+        return;
+    }
+    if !folder.is_dir() {
+        diagnostics.push(
+            Diagnostic::error(format!("the module `{source}` is not a folder"))
+                .at(&source_attr.span, "a folder of .hcl files")
+                .help("module sources are relative to the recipe's folder"),
+        );
+        return;
+    }
+    // The instances: (name, each.key and each.value).
+    let mut instances: Vec<(String, Option<(SValue, SValue)>)> = Vec::new();
+    match attr("for_each") {
+        None => instances.push((name.to_string(), None)),
+        Some(for_each) => {
+            let value = match scope.eval(&for_each.expr, &for_each.span) {
+                Ok(v) => v,
+                Err(d) => {
+                    diagnostics.push(d);
+                    return;
+                }
+            };
+            let pairs: Vec<(String, SValue)> = match &value.value {
+                Value::List(items) => items
+                    .iter()
+                    .map(|i| (i.value.as_interpolated().unwrap_or_default(), i.clone()))
+                    .collect(),
+                Value::Object(items) => items.clone(),
+                other => {
+                    diagnostics.push(
+                        Diagnostic::error(format!(
+                            "`for_each` takes a list of names or an object, not a {}",
+                            other.type_name()
+                        ))
+                        .at(&for_each.span, "one instance per item"),
+                    );
+                    return;
+                }
+            };
+            for (key, item) in pairs {
+                if !valid_name(&key) {
+                    diagnostics.push(
+                        Diagnostic::error(format!("`{key}` cannot name a module instance")).at(
+                            &item.span,
+                            "use letters, digits, `_` and `-`, starting with a letter",
+                        ),
+                    );
+                    continue;
+                }
+                let key_value = SValue {
+                    value: Value::String(key.clone()),
+                    span: item.span.clone(),
+                };
+                instances.push((format!("{name}.{key}"), Some((key_value, item))));
+            }
+        }
+    }
+    let files = match recipe_files(&folder) {
+        Ok((_, files)) => files,
+        Err(d) => {
+            diagnostics.push(d.at(&source_attr.span, "this module"));
+            return;
+        }
+    };
+    let mut stack = inputs.stack.clone();
+    stack.push(canonical);
+    for (instance, each) in instances {
+        scope.each = each;
+        let mut values = BTreeMap::new();
+        let mut failed = false;
+        for a in &block.body.attrs {
+            if a.name == "source" || a.name == "for_each" {
+                continue;
+            }
+            match scope.eval(&a.expr, &a.span) {
+                Ok(v) => {
+                    values.insert(a.name.clone(), v);
+                }
+                Err(d) => {
+                    diagnostics.push(d);
+                    failed = true;
+                }
+            }
+        }
+        scope.each = None;
+        if failed {
+            continue;
+        }
+        let body = parse_files(&files, &mut recipe.sources, diagnostics);
+        let sources = recipe.sources.clone();
+        let module_inputs = Inputs {
+            values: Some(values),
+            stack: stack.clone(),
+        };
+        let child_options = LoadOptions {
+            vars: Vec::new(),
+            env: options.env.clone(),
+        };
+        if let Some(child) = evaluate(
+            &folder,
+            &folder,
+            &sources,
+            body,
+            &child_options,
+            &module_inputs,
+            diagnostics,
+        ) {
+            recipe.sources = child.sources.clone();
+            recipe.modules.push(ModuleInstance {
+                name: instance,
+                header: block.header_span(),
+                recipe: child,
+            });
+        }
+    }
+}
+
 /// Names of blocks: used in step ids and environment variable names.
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -429,6 +677,7 @@ fn declare_variables(
     scope: &mut Scope<'_>,
     blocks: &[&Block],
     options: &LoadOptions,
+    inputs: &Inputs,
     variables: &mut BTreeMap<String, VariableValue>,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
@@ -458,6 +707,42 @@ fn declare_variables(
             .find(|a| a.name == "default")
             .map(|a| a.span.clone())
             .unwrap_or(label_span.clone());
+        if let Some(values) = &inputs.values {
+            // A module's variable: set by its `module` block, or its default.
+            let value = match (values.get(&name), &decl.default) {
+                (Some(given), _) => given.clone(),
+                (None, Some(default)) => json_to_value(default, &default_span),
+                (None, None) => {
+                    diagnostics.push(
+                        Diagnostic::error(format!("the module's variable `{name}` has no value"))
+                            .at(&label_span, "declared without a default")
+                            .help(format!("set it in the `module` block: `{name} = ...`")),
+                    );
+                    placeholder(scope, &name, &label_span);
+                    continue;
+                }
+            };
+            let mut value = value;
+            if decl.sensitive {
+                if let Some(text) = value.value.as_interpolated() {
+                    value.value = Value::Secret(Secret::new(format!("var.{name}"), text));
+                }
+            }
+            let sensitive = decl.sensitive || !value.value.secret_parts().is_empty();
+            variables.insert(
+                name.clone(),
+                VariableValue {
+                    value: if sensitive {
+                        serde_json::Value::Null
+                    } else {
+                        value.value.to_json()
+                    },
+                    sensitive,
+                },
+            );
+            scope.vars.insert(name, value);
+            continue;
+        }
         let env_name = format!("VMBUILD_VAR_{name}");
         let given = options
             .vars
@@ -498,6 +783,7 @@ fn declare_variables(
                         .at(&label_span, "declared without a default")
                         .help(format!("set it with `-var {name}=...` or `{env_name}=...`")),
                 );
+                placeholder(scope, &name, &label_span);
                 continue;
             }
         };
@@ -516,6 +802,18 @@ fn declare_variables(
         );
         scope.vars.insert(name, v);
     }
+    if let Some(values) = &inputs.values {
+        for (name, value) in values {
+            if !declared.contains_key(name) {
+                diagnostics.push(
+                    Diagnostic::error(format!("the module declares no variable `{name}`"))
+                        .at(&value.span, "set here")
+                        .help_opt(did_you_mean(name, declared.keys().map(String::as_str))),
+                );
+            }
+        }
+        return;
+    }
     for (name, _) in &options.vars {
         if !declared.contains_key(name) {
             diagnostics.push(
@@ -525,6 +823,28 @@ fn declare_variables(
                 .help_opt(did_you_mean(name, declared.keys().map(String::as_str))),
             );
         }
+    }
+}
+
+/// A variable that has no value (already an error) as an empty string, so that each use of it
+/// is not one more error.
+fn placeholder(scope: &mut Scope<'_>, name: &str, span: &Span) {
+    scope.vars.insert(
+        name.to_string(),
+        SValue {
+            value: Value::String(String::new()),
+            span: span.clone(),
+        },
+    );
+}
+
+/// `relative` in `dir`, without a leading `./` when `dir` is the current folder (paths as
+/// people wrote them, in messages).
+fn in_dir(dir: &Path, relative: &str) -> PathBuf {
+    if dir == Path::new(".") {
+        PathBuf::from(relative)
+    } else {
+        dir.join(relative)
     }
 }
 
@@ -630,11 +950,7 @@ fn check_configs(recipe: &mut Recipe, declared: &[String], diagnostics: &mut Vec
                 );
             }
         }
-        let path = if recipe.dir == Path::new(".") {
-            PathBuf::from(&block.template)
-        } else {
-            recipe.dir.join(&block.template)
-        };
+        let path = in_dir(&recipe.dir, &block.template);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) => {

@@ -85,6 +85,16 @@ impl ResolveContext {
         format!("keyed:{}", &hash.to_hex()[..24])
     }
 
+    /// The same context for a module's folder: its relative paths are the module's.
+    pub fn in_folder(&self, dir: &Path) -> ResolveContext {
+        ResolveContext {
+            recipe_dir: dir.to_path_buf(),
+            cache_dir: self.cache_dir.clone(),
+            secret_key: self.secret_key,
+            tool_cache: Mutex::new(self.tool_cache.lock().expect("tool cache").clone()),
+        }
+    }
+
     /// The digest of a program's file, hashed once per plan.
     pub fn program_digest(&self, path: &Path) -> std::io::Result<String> {
         if let Some(d) = self.tool_cache.lock().expect("tool cache").get(path) {
@@ -225,6 +235,16 @@ pub trait Step: Send + Sync {
     /// `apply --target` of an artifact step brings it along, so nothing is exported unchecked.
     fn checks_artifacts(&self) -> bool {
         false
+    }
+    /// The name an upstream step's output enters this step's key under: its id, as the step
+    /// was written (a module's step strips its instance's prefix).
+    fn upstream_name<'a>(&self, id: &'a str) -> &'a str {
+        id
+    }
+    /// The folder, under the output folder, its artifacts go into (a module instance's, for
+    /// recipes that build several VMs); `None` for the output folder itself.
+    fn export_folder(&self) -> Option<String> {
+        None
     }
     /// Called after the step's artifacts were copied into `dir`: write what refers to their
     /// final place (a libvirt domain XML) and register them where asked (`libvirt_uri`
