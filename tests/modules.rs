@@ -218,7 +218,16 @@ fn the_two_site_example_plans_its_shared_template_once() {
     let run = project
         .run(&["plan", "examples/sites/site.hcl", "--format", "markdown"])
         .success();
-    snapshot!(&project, "plan-two-sites-markdown", run.transcript());
+    // How many files came from the stat cache depends on how old their copies are.
+    let transcript: String = run
+        .transcript()
+        .lines()
+        .map(|line| match line.split_once("; hashed") {
+            Some((before, _)) => format!("{before}; hashed [N]\n"),
+            None => format!("{line}\n"),
+        })
+        .collect();
+    snapshot!(&project, "plan-two-sites-markdown", transcript);
     assert_eq!(
         run.stdout.matches("built once, after it").count(),
         4,
