@@ -235,3 +235,55 @@ fn the_two_site_example_plans_its_shared_template_once() {
         run.stdout
     );
 }
+
+#[test]
+fn two_sites_are_built_and_booted_from_one_template() {
+    if std::env::var_os("VMBUILD_E2E").is_none() {
+        eprintln!("skipped: set VMBUILD_E2E=1 to build and boot the two sites");
+        return;
+    }
+    let project = Project::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for folder in ["examples/sites", "recipes/eupath-site"] {
+        let status = std::process::Command::new("cp")
+            .args(["-a", "--parents", folder])
+            .arg(project.path())
+            .current_dir(root)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let _ = std::fs::remove_dir_all(project.path().join("examples/sites/output"));
+    let run = project.run(&["apply", "examples/sites/site.hcl"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    let debootstraps = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("template.web.debootstrap: started"))
+        .count();
+    assert_eq!(
+        debootstraps, 1,
+        "the template is built once:\n{}",
+        run.stderr
+    );
+    for site in ["toxodb", "plasmodb"] {
+        assert!(
+            run.stderr
+                .contains(&format!("module.site.{site}.qa.qcow2: done")),
+            "{site}:\n{}",
+            run.stderr
+        );
+        let folder = project.path().join("examples/sites/output/site").join(site);
+        let sums = std::process::Command::new("sha256sum")
+            .args(["-c", "SHA256SUMS"])
+            .current_dir(&folder)
+            .output()
+            .unwrap();
+        assert!(
+            sums.status.success(),
+            "{site}: {}",
+            String::from_utf8_lossy(&sums.stdout)
+        );
+        assert!(folder.join(format!("{site}.qcow2")).is_file());
+    }
+}
