@@ -126,6 +126,7 @@ fn run(args: Args) -> Outcome {
             let loaded = load(recipe, vars)?;
             let blocks = loaded.block_ids().len()
                 + loaded.sanitize.is_some() as usize
+                + loaded.forbid_software.is_some() as usize
                 + loaded.qa.is_some() as usize;
             println!(
                 "`{}` is valid: {} block{}",
