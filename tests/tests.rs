@@ -14,6 +14,7 @@ mod diagnostics;
 mod diff;
 mod e2e;
 mod files;
+mod forbid_software;
 mod parallel;
 mod sanitize;
 mod secrets;
