@@ -5,6 +5,7 @@ mod support;
 
 mod book;
 mod caching;
+mod ci;
 mod cli;
 mod config;
 mod crash;
