@@ -169,6 +169,7 @@ fn the_reference_lists_every_attribute_of_every_block() {
         ("`files \"NAME\"`", attributes::<FilesBlock>()),
         ("`config \"NAME\"`", attributes::<ConfigBlock>()),
         ("`sanitize`", attributes::<SanitizeBlock>()),
+        ("`forbid_software`", attributes::<ForbidSoftwareBlock>()),
         ("`output \"FORMAT\"`", attributes::<OutputBlock>()),
         ("`qa`", attributes::<QaBlock>()),
         ("`http \"NAME\" { }`", attributes::<HttpCheck>()),

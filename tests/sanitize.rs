@@ -230,7 +230,7 @@ qa {{
 /// A root tree that runs the template's `system` step (the host's `sh` and a stand-in for
 /// debconf) and makes a disk (a kernel file), with something for each sanitize operation to
 /// remove: each holds a forbidden value.
-fn base_tree(tree: &Path) {
+pub(crate) fn base_tree(tree: &Path) {
     let copy = |from: &Path| {
         let to = tree.join(from.strip_prefix("/").unwrap());
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
@@ -273,7 +273,7 @@ fn base_tree(tree: &Path) {
 }
 
 /// A 64 MiB raw image with one Linux partition holding `tree`.
-fn base_image(tree: &Path, image: &Path) {
+pub(crate) fn base_image(tree: &Path, image: &Path) {
     let file = std::fs::File::create(image).unwrap();
     file.set_len(64 << 20).unwrap();
     drop(file);

@@ -5,6 +5,7 @@ mod support;
 
 mod book;
 mod caching;
+mod ci;
 mod cli;
 mod config;
 mod crash;
@@ -14,6 +15,7 @@ mod diagnostics;
 mod diff;
 mod e2e;
 mod files;
+mod forbid_software;
 mod modules;
 mod parallel;
 mod sanitize;

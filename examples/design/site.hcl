@@ -58,6 +58,12 @@ sanitize {
   forbid     = [env("TOXO_PASSWORD")]
 }
 
+# Software whose license forbids redistribution must not creep into the appliance.
+forbid_software {
+  packages = ["signalp*", "tmhmm*", "oracle-java*"]
+  paths    = ["**/wublast/**"]
+}
+
 output "qcow2" {}
 
 output "ova" {

@@ -6,7 +6,8 @@
 //! blocks `source` steps (layers of the VM, built in the template's final tree), `files` blocks
 //! `files` steps (layers of the VM, at `to`), `config` blocks `config` steps (a rendered file of
 //! the VM). A `sanitize` block's operations go into the disk step; its forbidden strings make
-//! the `sanitize.scan` step, after the disk and every output.
+//! the `sanitize.scan` step, after the disk and every output. A `forbid_software` block's rules
+//! go into the disk step too, which checks them on the sanitized tree.
 
 use std::sync::Arc;
 
@@ -156,7 +157,9 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
             .as_ref()
             .map(|s| s.block.operations.clone())
             .unwrap_or_default();
-        let disk = DiskStep::new(template, &last, layers).with_sanitize(&operations);
+        let disk = DiskStep::new(template, &last, layers)
+            .with_sanitize(&operations)
+            .with_forbid_software(recipe.forbid_software.as_ref());
         let disk_id = disk.id().to_string();
         push(&mut steps, disk);
         let mut outputs = Vec::new();
@@ -255,6 +258,15 @@ pub fn compile(recipe: &Recipe) -> Result<Vec<Compiled>, Diagnostics> {
                 "`sanitize` scrubs and searches a VM, and the recipe has no template",
             )
             .at(&named.header(), "nothing to sanitize")
+            .help("add a `template` block"),
+        );
+    }
+    if let (true, Some(named)) = (recipe.templates.is_empty(), &recipe.forbid_software) {
+        diagnostics.push(
+            Diagnostic::error(
+                "`forbid_software` checks a VM's packages and files, and the recipe has no template",
+            )
+            .at(&named.header(), "no VM to check")
             .help("add a `template` block"),
         );
     }

@@ -80,6 +80,7 @@ pub struct Recipe {
     pub files: Vec<Named<FilesBlock>>,
     pub configs: Vec<Named<ConfigBlock>>,
     pub sanitize: Option<Named<SanitizeBlock>>,
+    pub forbid_software: Option<Named<ForbidSoftwareBlock>>,
     pub outputs: Vec<Named<OutputBlock>>,
     pub qa: Option<Named<QaBlock>>,
     /// Files read by `file()`, relative to `dir`, with the digests of their contents.
@@ -123,6 +124,7 @@ pub const BLOCK_KINDS: &[(&str, usize)] = &[
     ("files", 1),
     ("config", 1),
     ("sanitize", 0),
+    ("forbid_software", 0),
     ("output", 1),
     ("qa", 0),
     ("module", 1),
@@ -172,6 +174,7 @@ impl Recipe {
     pub fn block_count(&self) -> usize {
         self.block_ids().len()
             + self.sanitize.is_some() as usize
+            + self.forbid_software.is_some() as usize
             + self.qa.is_some() as usize
             + self.modules.len()
             + self
@@ -382,6 +385,7 @@ fn evaluate(
         files: vec![],
         configs: vec![],
         sanitize: None,
+        forbid_software: None,
         outputs: vec![],
         qa: None,
         files_read: BTreeMap::new(),
@@ -463,6 +467,11 @@ fn evaluate(
                 let mut one = Vec::new();
                 decode_into!(one);
                 recipe.sanitize = one.pop();
+            }
+            "forbid_software" => {
+                let mut one = Vec::new();
+                decode_into!(one);
+                recipe.forbid_software = one.pop();
             }
             "qa" => {
                 let mut one = Vec::new();
@@ -1186,6 +1195,25 @@ fn validate(recipe: &Recipe, ids: &[String], diagnostics: &mut Vec<Diagnostic>) 
                         Diagnostic::error(format!("`{pattern}` is not a valid glob"))
                             .at(&span, e.kind().to_string()),
                     );
+                }
+            }
+        }
+    }
+    if let Some(named) = &recipe.forbid_software {
+        type Check = fn(&str) -> Result<globset::Glob, BadPattern>;
+        let lists: [(&str, &Vec<String>, Check); 2] = [
+            (
+                "packages",
+                &named.block.packages,
+                ForbidSoftwareBlock::package_glob,
+            ),
+            ("paths", &named.block.paths, ForbidSoftwareBlock::path_glob),
+        ];
+        for (list, patterns, check) in lists {
+            for (i, pattern) in patterns.iter().enumerate() {
+                if let Err(bad) = check(pattern) {
+                    let span = named.spans.item(list, i).unwrap_or(named.header());
+                    diagnostics.push(Diagnostic::error(bad.summary).at(&span, bad.label));
                 }
             }
         }

@@ -315,6 +315,79 @@ pub struct SanitizeBlock {
     pub forbid_files: Vec<String>,
 }
 
+/// `forbid_software { ... }`: software whose license forbids redistribution (signalp, tmhmm,
+/// Oracle's JDK, WU-BLAST), which must not be in the VM. Checked by the disk step against the
+/// final tree, after sanitizing; a match fails the build.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ForbidSoftwareBlock {
+    /// Globs over the names of the Debian packages installed in the VM (`"signalp*"`).
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Globs over the paths of the VM's tree, from its root (`"**/wublast/**"`, `"/opt/tmhmm*"`):
+    /// `*` stays within a folder, `**` crosses folders.
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+/// Why a `forbid_software` pattern is refused: a summary and a label for its span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadPattern {
+    pub summary: String,
+    pub label: String,
+}
+
+impl ForbidSoftwareBlock {
+    /// A `packages` pattern as a glob over package names. Debian's names are lower-case
+    /// letters, digits, `+`, `-` and `.` (Debian Policy 5.6.1): a pattern with a `/`, a space
+    /// or a capital letter could match none, and is refused.
+    pub fn package_glob(pattern: &str) -> Result<globset::Glob, BadPattern> {
+        if pattern.is_empty()
+            || pattern
+                .chars()
+                .any(|c| c == '/' || c.is_whitespace() || c.is_ascii_uppercase())
+        {
+            return Err(BadPattern {
+                summary: format!("`{pattern}` matches no Debian package name"),
+                label: "package names are lower-case letters, digits, `+`, `-` and `.`".into(),
+            });
+        }
+        Self::glob(pattern, pattern)
+    }
+
+    /// A `paths` pattern as a glob over the VM's paths relative to its root (a leading `/` is
+    /// the root, and so is no slash: `/opt/x` and `opt/x` are the same; a trailing `/` is
+    /// dropped). `*` stays within one folder, `**` crosses folders.
+    pub fn path_glob(pattern: &str) -> Result<globset::Glob, BadPattern> {
+        let relative = pattern.trim_start_matches('/').trim_end_matches('/');
+        if relative.is_empty() {
+            return Err(BadPattern {
+                summary: format!("`{pattern}` names the whole tree"),
+                label: "name paths below the VM's root, such as \"/opt/wublast/**\"".into(),
+            });
+        }
+        if relative.split('/').any(|part| part == "." || part == "..") {
+            return Err(BadPattern {
+                summary: format!("`{pattern}` has a `.` or `..` in it"),
+                label: "paths start at the VM's root, without `.` or `..`".into(),
+            });
+        }
+        Self::glob(relative, pattern)
+    }
+
+    /// `text` compiled; `pattern` is how the recipe wrote it, for the message.
+    fn glob(text: &str, pattern: &str) -> Result<globset::Glob, BadPattern> {
+        globset::GlobBuilder::new(text)
+            .literal_separator(true)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| BadPattern {
+                summary: format!("`{pattern}` is not a valid glob"),
+                label: e.kind().to_string(),
+            })
+    }
+}
+
 /// What a `sanitize` block scrubs from the VM's tree (see the book's sanitize page). The order
 /// here is the order they run in.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -8,6 +8,7 @@ pub mod database;
 pub mod debootstrap;
 pub mod disk;
 pub mod files;
+pub mod forbid_software;
 pub mod image;
 pub mod import;
 pub mod inputs;

@@ -4,7 +4,9 @@
 //! The tree is composed from hard links to the store (no gigabytes copied); everything written
 //! into it replaces files rather than writing through links. A recipe's `sanitize` operations
 //! scrub it after the layers are composed, before it becomes a disk (see
-//! [`crate::steps::sanitize::scrub`]).
+//! [`crate::steps::sanitize::scrub`]); then a `forbid_software` block's rules are checked on
+//! it (see [`crate::steps::forbid_software`]), and a match fails the step before any disk is
+//! made.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,8 @@ use serde_json::json;
 use super::{assemble_disk, DiskSpec, MIN_SIZE, SIZE_ALIGN};
 use crate::diag::{Diagnostic, Span};
 use crate::hash::Digest;
-use crate::recipe::{Named, SanitizeOperation, Seg, TemplateBlock};
+use crate::recipe::{ForbidSoftwareBlock, Named, SanitizeOperation, Seg, TemplateBlock};
+use crate::steps::forbid_software::{installed_packages, Guard, SoftwareRules};
 use crate::steps::layers::{compose, Layer};
 use crate::steps::sanitize::scrub::scrub;
 use crate::steps::tools::{GRUB_MKIMAGE, MKFS_EXT4};
@@ -36,6 +39,8 @@ pub struct DiskStep {
     firmware: crate::recipe::Firmware,
     /// The `sanitize` operations applied to the composed tree, in their fixed order.
     sanitize: Vec<SanitizeOperation>,
+    /// The `forbid_software` rules checked on the sanitized tree, if the recipe has the block.
+    forbid_software: Option<SoftwareRules>,
     span: Span,
 }
 
@@ -58,6 +63,7 @@ impl DiskStep {
                 .firmware
                 .unwrap_or(crate::recipe::Firmware::Bios),
             sanitize: Vec::new(),
+            forbid_software: None,
             span: template
                 .spans
                 .value(&[Seg::Key("disk_size".into())])
@@ -71,6 +77,13 @@ impl DiskStep {
         operations.sort();
         operations.dedup();
         self.sanitize = operations;
+        self
+    }
+
+    /// Check the sanitized tree against a `forbid_software` block's rules before making the
+    /// disk.
+    pub fn with_forbid_software(mut self, block: Option<&Named<ForbidSoftwareBlock>>) -> DiskStep {
+        self.forbid_software = block.map(SoftwareRules::new);
         self
     }
 }
@@ -116,7 +129,18 @@ impl Step for DiskStep {
             params["sanitize"] =
                 json!({ "version": SANITIZE_VERSION, "operations": self.sanitize });
         }
+        // Absent without the block, likewise.
+        if let Some(rules) = &self.forbid_software {
+            params["forbid_software"] = json!(rules);
+        }
         params
+    }
+
+    fn details(&self) -> Vec<String> {
+        self.forbid_software
+            .as_ref()
+            .map(SoftwareRules::details)
+            .unwrap_or_default()
     }
 
     fn resolve(&self, _ctx: &ResolveContext) -> Result<Resolved, Diagnostic> {
@@ -152,6 +176,18 @@ impl Step for DiskStep {
             for (operation, done) in scrub(&root, &self.sanitize)? {
                 ctx.say(&format!("sanitize {}", done.summary(operation)));
             }
+            // The package list is read before the disk is made (making it does not touch the
+            // dpkg database): the guard needs it, and `packages.txt` records it.
+            let packages = installed_packages(&root)?;
+            if let Some(rules) = &self.forbid_software {
+                let report = Guard::new(rules)?.check(&root, &packages)?;
+                for line in report.log_lines() {
+                    ctx.say(&line);
+                }
+                if let Some(failure) = report.failure(&self.id) {
+                    return Err(StepError::Unmet(failure));
+                }
+            }
             let size = match self.size {
                 Some(size) => size.div_ceil(SIZE_ALIGN) * SIZE_ALIGN,
                 None => default_size(tree_bytes(&root)),
@@ -178,19 +214,8 @@ impl Step for DiskStep {
                     .await
                     .expect("the disk task does not panic")
                     .map_err(|e| StepError::unmet("assembling the disk: ", &e))?;
-            let packages = std::process::Command::new("dpkg-query")
-                .arg(format!(
-                    "--admindir={}",
-                    root.join("var/lib/dpkg").display()
-                ))
-                .args(["-W", "-f", "${Package}\t${Version}\n"])
-                .output()
-                .map_err(|source| StepError::Spawn {
-                    program: "dpkg-query".into(),
-                    source,
-                })?;
             let list = ctx.out.join(PACKAGES_FILE);
-            std::fs::write(&list, &packages.stdout).map_err(io_error("write", &list))?;
+            std::fs::write(&list, packages.as_text()).map_err(io_error("write", &list))?;
             let described = ctx.out.join("disk.json");
             let text = serde_json::to_string_pretty(&json!({
                 "size_bytes": info.size_bytes,
@@ -266,6 +291,93 @@ mod tests {
             scrubbed.params()["sanitize"],
             json!({ "version": 1, "operations": ["shell-history", "logs"] })
         );
+    }
+
+    fn forbid(packages: &[&str], paths: &[&str]) -> Named<ForbidSoftwareBlock> {
+        Named {
+            name: String::new(),
+            block: ForbidSoftwareBlock {
+                packages: packages.iter().map(|s| s.to_string()).collect(),
+                paths: paths.iter().map(|s| s.to_string()).collect(),
+            },
+            spans: SpanIndex::default(),
+        }
+    }
+
+    #[test]
+    fn forbid_software_enters_the_key_only_when_the_recipe_has_it() {
+        let plain = DiskStep::new(&template(), "template.t.system", vec![]);
+        assert!(plain.params().get("forbid_software").is_none());
+        assert!(plain.details().is_empty());
+        let guarded = DiskStep::new(&template(), "template.t.system", vec![])
+            .with_forbid_software(Some(&forbid(&["signalp*"], &["**/wublast/**"])));
+        assert_eq!(
+            guarded.params()["forbid_software"],
+            json!({ "version": 1, "packages": ["signalp*"], "paths": ["**/wublast/**"] })
+        );
+        let mut without = guarded.params();
+        without.as_object_mut().unwrap().remove("forbid_software");
+        assert_eq!(without, plain.params());
+    }
+
+    #[tokio::test]
+    async fn forbidden_software_fails_the_step_after_sanitizing_and_before_the_disk() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: the disk step's tree keeps owners, which needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store_tree = dir.path().join("store-tree");
+        small_tree(&store_tree);
+        write(
+            &store_tree,
+            "/var/lib/dpkg/status",
+            b"Package: signalp\nStatus: install ok installed\nVersion: 6.0\nArchitecture: amd64\nDescription: x\n\nPackage: base-files\nStatus: install ok installed\nVersion: 12.4\nArchitecture: amd64\nDescription: y\n\n",
+        );
+        // Left in /tmp, which `tmp-files` empties: no violation.
+        write(&store_tree, "/tmp/wublast/blastall", b"WU-BLAST\n");
+        write(&store_tree, "/opt/wublast/blastall", b"WU-BLAST\n");
+        let step = DiskStep::new(&template(), "template.t.system", vec![])
+            .with_sanitize(&[SanitizeOperation::TmpFiles])
+            .with_forbid_software(Some(&forbid(&["signalp*"], &["**/wublast/**"])));
+        let upstream = BTreeMap::from([("template.t.system".to_string(), store_tree.clone())]);
+        let (ctx, said) = context(&dir.path().join("run"), upstream, vec![]);
+        let out = ctx.out.clone();
+        let error = step.run(ctx).await.unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "software that must not be redistributed is in the VM (2 matches); no disk is made:\n  - package `signalp` 6.0 matches forbid_software.packages[0] \"signalp*\"\n  - `/opt/wublast/blastall` matches forbid_software.paths[0] \"**/wublast/**\""
+        );
+        assert!(!out.join(DISK_FILE).exists(), "a disk was made");
+        let said = said.lock().unwrap().join("\n");
+        assert!(
+            said.contains("sanitize tmp-files: removed 1 file"),
+            "{said}"
+        );
+        assert!(
+            said.contains("forbid_software: FORBIDDEN: `/opt/wublast/blastall`"),
+            "{said}"
+        );
+        assert!(store_tree.join("tmp/wublast/blastall").exists());
+
+        // Clean, the same step makes its disk and records the packages.
+        std::fs::remove_dir_all(store_tree.join("opt/wublast")).unwrap();
+        write(
+            &store_tree,
+            "/var/lib/dpkg/status",
+            b"Package: base-files\nStatus: install ok installed\nVersion: 12.4\nArchitecture: amd64\nDescription: y\n\n",
+        );
+        let upstream = BTreeMap::from([("template.t.system".to_string(), store_tree.clone())]);
+        let (ctx, said) = context(&dir.path().join("run2"), upstream, vec![]);
+        let out = ctx.out.clone();
+        step.run(ctx).await.unwrap();
+        assert!(out.join(DISK_FILE).exists());
+        assert_eq!(
+            std::fs::read_to_string(out.join(PACKAGES_FILE)).unwrap(),
+            "base-files\t12.4\n"
+        );
+        let said = said.lock().unwrap().join("\n");
+        assert!(said.contains("forbid_software: 1 package and"), "{said}");
     }
 
     #[tokio::test]
