@@ -153,6 +153,7 @@ fn the_reference_lists_every_attribute_of_every_block() {
     let reference = std::fs::read_to_string(book().join("reference.md")).unwrap();
     let sections: Vec<(&str, BTreeSet<String>)> = vec![
         ("`variable \"NAME\"`", attributes::<VariableBlock>()),
+        ("`data \"http\" \"NAME\"`", attributes::<DataHttpBlock>()),
         ("`step \"NAME\"`", attributes::<StepBlock>()),
         ("`template \"NAME\"`", attributes::<TemplateBlock>()),
         ("`debootstrap { }`", attributes::<Debootstrap>()),

@@ -9,6 +9,7 @@ mod ci;
 mod cli;
 mod config;
 mod crash;
+mod data_http;
 mod databases;
 mod demo;
 mod diagnostics;

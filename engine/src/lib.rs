@@ -3,8 +3,10 @@
 //!
 //! The layers, each depending only on those below it:
 //!
-//! * [`recipe`]: parse HCL or TOML, evaluate variables, locals and functions into a typed
-//!   [`Recipe`], reporting [`Diagnostics`] with spans;
+//! * [`diag`], [`hash`], [`url`], [`http`]: diagnostics, the stable hasher, what of a URL may
+//!   be shown, and the one bounded GET that `data "http"` blocks make;
+//! * [`recipe`]: parse HCL or TOML, evaluate variables, locals, data blocks and functions into a
+//!   typed [`Recipe`], reporting [`Diagnostics`] with spans;
 //! * [`plan`]: compile a recipe into a DAG of steps, each with a key, and compare with the store;
 //! * [`store`]: content-addressed step outputs and action records;
 //! * [`exec`]: run a plan, in parallel, with cancellation, emitting [`Event`]s.
@@ -20,10 +22,12 @@ pub mod diff;
 pub mod events;
 pub mod exec;
 pub mod hash;
+pub mod http;
 pub mod plan;
 pub mod recipe;
 pub mod steps;
 pub mod store;
+pub mod url;
 
 pub use hash::Digest;
 

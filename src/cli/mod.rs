@@ -74,9 +74,15 @@ fn store_at(args: &Args) -> Result<Store, Failure> {
     Ok(Store::open(&root)?)
 }
 
+/// Load a recipe, fetching its `data` blocks.
 fn load(recipe: &Path, vars: &VarArgs) -> Result<Recipe, Failure> {
+    load_with(recipe, vars, true)
+}
+
+fn load_with(recipe: &Path, vars: &VarArgs, fetch_data: bool) -> Result<Recipe, Failure> {
     let options = LoadOptions {
         vars: vars.vars.clone(),
+        fetch_data,
         ..LoadOptions::default()
     };
     Recipe::load(recipe, &options).map_err(|d| {
@@ -123,7 +129,9 @@ fn plain_variables(recipe: &Recipe) -> BTreeMap<String, serde_json::Value> {
 fn run(args: Args) -> Outcome {
     match &args.command {
         Command::Validate { recipe, vars } => {
-            let loaded = load(recipe, vars)?;
+            // Validate reads nothing from the network: data blocks are checked, not fetched, and
+            // what depends on their answers is checked by plan.
+            let loaded = load_with(recipe, vars, false)?;
             let blocks = loaded.block_count();
             let plural = |n: usize| if n == 1 { "" } else { "s" };
             if loaded.modules.is_empty() {

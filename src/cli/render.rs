@@ -1,6 +1,21 @@
 //! Plans and graphs as text, Markdown (for a pull-request review), JSON, Graphviz and Mermaid.
 
 use engine::plan::{Action, Plan, PlanSummary};
+use engine::recipe::Fetched;
+
+/// One line for what a data block fetched:
+/// `data.http.dashboard  GET https://... (200, 1.2 KiB, blake3 1a2b3c4d5e6f)`.
+fn fetched_line(fetched: &Fetched, id_width: usize) -> String {
+    format!(
+        "{:id_width$}  {} {} ({}, {}, blake3 {})",
+        fetched.id,
+        fetched.method,
+        fetched.url,
+        fetched.status,
+        engine::steps::human_bytes(fetched.bytes),
+        fetched.digest.short()
+    )
+}
 
 /// The plan for people: one line a step, aligned, with the reason for every `run`.
 pub fn plan_text(summary: &PlanSummary) -> String {
@@ -19,6 +34,14 @@ pub fn plan_text(summary: &PlanSummary) -> String {
         summary.run,
         summary.cached
     );
+    if !summary.data.is_empty() {
+        let width = summary.data.iter().map(|d| d.id.len()).max().unwrap_or(0);
+        out.push_str("Fetched:\n");
+        for fetched in &summary.data {
+            out.push_str(&format!("  {}\n", fetched_line(fetched, width)));
+        }
+        out.push('\n');
+    }
     for step in &summary.steps {
         let action = match step.action {
             Action::Run => "run   ",
@@ -45,6 +68,21 @@ pub fn plan_text(summary: &PlanSummary) -> String {
 /// The plan as a Markdown comment for a pull request.
 pub fn plan_markdown(summary: &PlanSummary) -> String {
     let mut out = format!("### vmbuild plan for `{}`\n\n", summary.recipe);
+    if !summary.data.is_empty() {
+        out.push_str("Fetched:\n\n");
+        for fetched in &summary.data {
+            out.push_str(&format!(
+                "- `{}`: {} `{}` ({}, {}, blake3 `{}`)\n",
+                fetched.id,
+                fetched.method,
+                fetched.url,
+                fetched.status,
+                engine::steps::human_bytes(fetched.bytes),
+                fetched.digest.short()
+            ));
+        }
+        out.push('\n');
+    }
     if summary.run == 0 {
         out.push_str(&format!(
             "Nothing to do: all {} steps are cached.\n",

@@ -18,7 +18,7 @@ pub use key::{changes, Change, KeyInputs};
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::hash::Digest;
-use crate::recipe::Recipe;
+use crate::recipe::{Fetched, Recipe};
 use crate::steps::{ResolveContext, Resolved, Step};
 use crate::store::{ActionRecord, Store, StoreError};
 
@@ -114,6 +114,8 @@ pub struct Plan {
     pub recipe_path: PathBuf,
     pub recipe_dir: PathBuf,
     pub namespace: String,
+    /// What the recipe's `data` blocks fetched.
+    pub data: Vec<Fetched>,
     /// In a topological order: every step after the steps it depends on.
     pub steps: Vec<PlannedStep>,
     pub graph: DiGraph<String, ()>,
@@ -316,6 +318,7 @@ impl Plan {
             recipe_path: recipe.path.clone(),
             recipe_dir: recipe.dir.clone(),
             namespace,
+            data: recipe.fetched.clone(),
             steps,
             graph,
         })
@@ -380,6 +383,7 @@ impl Plan {
             vmbuild_plan: 1,
             recipe: self.recipe_path.display().to_string(),
             variables,
+            data: self.data.clone(),
             steps: self
                 .steps
                 .iter()
@@ -413,6 +417,9 @@ pub struct PlanSummary {
     pub recipe: String,
     /// Non-sensitive variable values the plan was made with.
     pub variables: BTreeMap<String, serde_json::Value>,
+    /// What the recipe's `data` blocks fetched (a saved plan applies only to the same answers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<Fetched>,
     pub steps: Vec<StepSummary>,
     pub run: usize,
     pub cached: usize,
@@ -438,6 +445,28 @@ pub struct StepSummary {
 impl PlanSummary {
     /// Why a saved plan no longer matches a fresh plan of the same recipe, if it does not.
     pub fn staleness(&self, now: &PlanSummary) -> Option<String> {
+        // A data block's answer first: it explains the steps' changes that follow from it, and
+        // a changed answer is refused even where no step's inputs changed (a sensitive value
+        // taken from it enters keys by identity only).
+        for old in &self.data {
+            if !now.data.iter().any(|d| d.id == old.id) {
+                return Some(format!("`{}` is no longer in the recipe", old.id));
+            }
+        }
+        for fetched in &now.data {
+            match self.data.iter().find(|d| d.id == fetched.id) {
+                None => return Some(format!("`{}` was added to the recipe", fetched.id)),
+                Some(old) if old.digest != fetched.digest => {
+                    return Some(format!(
+                        "`{}` answered differently (blake3 {} when planned, {} now)",
+                        fetched.id,
+                        old.digest.short(),
+                        fetched.digest.short()
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
         let before: HashMap<&str, &StepSummary> =
             self.steps.iter().map(|s| (s.id.as_str(), s)).collect();
         let after: HashMap<&str, &StepSummary> =

@@ -65,28 +65,76 @@ pub fn decode_block<T: DeserializeOwned>(
         header: Some(block.header_span()),
         ..SpanIndex::default()
     };
-    let json = body_to_json(scope, &block.body, &mut Vec::new(), &mut index, diagnostics)?;
-    match serde_path_to_error::deserialize::<_, T>(&json) {
-        Ok(value) => Some((value, index)),
-        Err(error) => {
-            let path: Vec<Seg> = error
-                .path()
-                .iter()
-                .filter_map(|segment| match segment {
-                    serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
-                    serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
-                    _ => None,
-                })
-                .collect();
-            diagnostics.push(translate(
-                &error.inner().to_string(),
-                &path,
-                &index,
-                block,
-                what,
-            ));
-            None
+    let mut json = body_to_json(scope, &block.body, &mut Vec::new(), &mut index, diagnostics)?;
+    // Where an unknown value's placeholder is refused (a size, a number), decoding goes on
+    // without it: a block that is valid whatever the data block answers stays valid.
+    let mut cleared: HashSet<Vec<Seg>> = HashSet::new();
+    loop {
+        let error = match serde_path_to_error::deserialize::<_, T>(&json) {
+            Ok(value) => return Some((value, index)),
+            Err(error) => error,
+        };
+        let path: Vec<Seg> = error
+            .path()
+            .iter()
+            .filter_map(|segment| match segment {
+                serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+                serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
+                _ => None,
+            })
+            .collect();
+        let message = error.inner().to_string();
+        let unknown = !message.starts_with("unknown field")
+            && index
+                .values
+                .get(&path)
+                .is_some_and(|span| scope.is_unknown(span));
+        if unknown {
+            // Leave the attribute out (its default applies), or a list item null; a second
+            // refusal at the same place ends decoding, with nothing to report.
+            if cleared.insert(path.clone()) && clear(&mut json, &path) {
+                continue;
+            }
+            return None;
         }
+        if let Some(field) = quoted_after(&message, "missing field ") {
+            let mut field_path = path.clone();
+            field_path.push(Seg::Key(field.to_string()));
+            if cleared.contains(&field_path) {
+                return None;
+            }
+        }
+        diagnostics.push(translate(&message, &path, &index, block, what));
+        return None;
+    }
+}
+
+/// Remove the attribute at `path` from `json`, or make the list item there null.
+fn clear(json: &mut serde_json::Value, path: &[Seg]) -> bool {
+    let Some((last, parent)) = path.split_last() else {
+        return false;
+    };
+    let mut current = json;
+    for seg in parent {
+        current = match (seg, current) {
+            (Seg::Key(k), serde_json::Value::Object(map)) => match map.get_mut(k) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Seg::Index(i), serde_json::Value::Array(items)) => match items.get_mut(*i) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, current) {
+        (Seg::Key(k), serde_json::Value::Object(map)) => map.remove(k).is_some(),
+        (Seg::Index(i), serde_json::Value::Array(items)) if *i < items.len() => {
+            items[*i] = serde_json::Value::Null;
+            true
+        }
+        _ => false,
     }
 }
 

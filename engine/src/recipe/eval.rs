@@ -1,5 +1,9 @@
-//! Expression evaluation: literals, string templates, `var.*`, `local.*`, references to other
-//! blocks, operators, conditionals and the built-in functions.
+//! Expression evaluation: literals, string templates, `var.*`, `local.*`, `data.*`, references
+//! to other blocks, operators, conditionals and the built-in functions.
+//!
+//! A value computed from an unknown one ([`Value::Unknown`], a data block not fetched) is
+//! unknown too; the spans of unknown values are kept, so that problems found in them (a
+//! placeholder of the wrong type) are not reported.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -8,8 +12,10 @@ use hcl_edit::expr::{BinaryOperator, Expression, ObjectKey, TraversalOperator, U
 use hcl_edit::template::{Element, Template};
 use hcl_edit::Span as _;
 
-use super::syntax::{Attr, Expr, TomlValue};
+use super::data::{self, Fetched, DATA_TYPES};
+use super::syntax::{Attr, Block, Expr, TomlValue};
 use super::value::{SValue, Secret, Value};
+use super::{DataHttpBlock, Named};
 use crate::diag::{did_you_mean, Diagnostic, Sources, Span};
 
 /// Block kinds that may be named in a reference (`after = [step.fetch]`).
@@ -43,11 +49,27 @@ pub struct Scope<'a> {
     pub vars: BTreeMap<String, SValue>,
     locals: HashMap<String, Attr>,
     local_values: HashMap<String, SValue>,
+    /// The locals and data blocks being evaluated (`local.NAME`, `data.http.NAME`), for cycles.
     evaluating: Vec<String>,
     /// Files read by `file()`, with their contents' digests: part of the recipe's identity.
     pub files_read: BTreeMap<PathBuf, crate::hash::Digest>,
     /// In a `module` block with `for_each`: the instance's `each.key` and `each.value`.
     pub each: Option<(SValue, SValue)>,
+    /// Whether data blocks are fetched (plan) or their values left unknown (validate).
+    pub fetch_data: bool,
+    /// The data blocks written, by `(type, name)`, evaluated on first use.
+    data_declared: BTreeMap<(String, String), Block>,
+    /// `data.TYPE.NAME` → its value, once evaluated.
+    data_values: HashMap<String, SValue>,
+    /// `data.TYPE.NAME` → the decoded block, and what it fetched.
+    pub data_blocks: HashMap<String, Named<DataHttpBlock>>,
+    pub fetched: HashMap<String, Fetched>,
+    /// Problems found in data blocks, reported with the others.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Spans of expressions whose value is unknown.
+    unknown: Vec<Span>,
+    /// Inside a TOML string's template, whose spans are relative to the string: not noted.
+    in_toml_string: bool,
 }
 
 type EvalResult = Result<SValue, Diagnostic>;
@@ -64,7 +86,101 @@ impl<'a> Scope<'a> {
             evaluating: Vec::new(),
             files_read: BTreeMap::new(),
             each: None,
+            fetch_data: true,
+            data_declared: BTreeMap::new(),
+            data_values: HashMap::new(),
+            data_blocks: HashMap::new(),
+            fetched: HashMap::new(),
+            diagnostics: Vec::new(),
+            unknown: Vec::new(),
+            in_toml_string: false,
         }
+    }
+
+    /// Declare a `data "TYPE" "NAME"` block (its type and name already checked); it is
+    /// evaluated, and fetched, when first used.
+    pub fn declare_data(&mut self, block: Block) {
+        let key = (block.labels[0].0.clone(), block.labels[1].0.clone());
+        self.data_declared.insert(key, block);
+    }
+
+    /// The value of `data.TYPE.NAME`, evaluating (and fetching) the block the first time.
+    pub fn data(&mut self, kind: &str, name: &str, span: &Span) -> EvalResult {
+        let id = format!("data.{kind}.{name}");
+        if let Some(v) = self.data_values.get(&id) {
+            return Ok(v.clone());
+        }
+        let Some(block) = self
+            .data_declared
+            .get(&(kind.to_string(), name.to_string()))
+            .cloned()
+        else {
+            let names: Vec<&str> = self
+                .data_declared
+                .keys()
+                .filter(|(k, _)| k == kind)
+                .map(|(_, n)| n.as_str())
+                .collect();
+            return Err(Diagnostic::error(format!(
+                "the recipe has no `data \"{kind}\" \"{name}\"`"
+            ))
+            .at(span, "no such data block")
+            .help_opt(did_you_mean(name, names.iter().copied())));
+        };
+        if let Some(pos) = self.evaluating.iter().position(|n| *n == id) {
+            let cycle: Vec<_> = self.evaluating[pos..]
+                .iter()
+                .chain(std::iter::once(&id))
+                .cloned()
+                .collect();
+            return Err(Diagnostic::error(format!(
+                "data blocks and locals refer to each other in a cycle: {}",
+                cycle.join(" -> ")
+            ))
+            .at(span, "this reference closes the cycle")
+            .also(&block.header_span(), "defined here"));
+        }
+        self.evaluating.push(id.clone());
+        let value = data::evaluate(self, &block, &id);
+        self.evaluating.pop();
+        self.data_values.insert(id, value.clone());
+        Ok(value)
+    }
+
+    /// Whether `span` lies within an expression whose value is unknown.
+    pub fn is_unknown(&self, span: &Span) -> bool {
+        self.unknown.iter().any(|u| {
+            u.file == span.file
+                && !u.range.is_empty()
+                && u.range.start <= span.range.start
+                && span.range.end <= u.range.end
+        })
+    }
+
+    /// Whether an expression within `span` has an unknown value.
+    pub fn holds_unknown(&self, span: &Span) -> bool {
+        self.unknown.iter().any(|u| {
+            u.file == span.file
+                && span.range.start <= u.range.start
+                && u.range.end <= span.range.end
+        })
+    }
+
+    /// Note where an unknown value came out.
+    fn noted(&mut self, result: EvalResult) -> EvalResult {
+        if let Ok(v) = &result {
+            if v.value.is_unknown() && !v.span.range.is_empty() && !self.in_toml_string {
+                self.unknown.push(v.span.clone());
+            }
+        }
+        result
+    }
+
+    fn unknown_value(span: &Span) -> EvalResult {
+        Ok(SValue {
+            value: Value::Unknown,
+            span: span.clone(),
+        })
     }
 
     /// Declare a local; it is evaluated when first used.
@@ -96,20 +212,26 @@ impl<'a> Scope<'a> {
                 .at(span, "not defined in any `locals` block")
                 .help_opt(did_you_mean(name, names.iter().map(String::as_str))));
         };
-        if let Some(pos) = self.evaluating.iter().position(|n| n == name) {
+        let id = format!("local.{name}");
+        if let Some(pos) = self.evaluating.iter().position(|n| *n == id) {
             let cycle: Vec<_> = self.evaluating[pos..]
                 .iter()
-                .chain(std::iter::once(&name.to_string()))
-                .map(|n| format!("local.{n}"))
+                .chain(std::iter::once(&id))
+                .cloned()
                 .collect();
+            let what = if cycle.iter().any(|n| n.starts_with("data.")) {
+                "data blocks and locals"
+            } else {
+                "locals"
+            };
             return Err(Diagnostic::error(format!(
-                "locals refer to each other in a cycle: {}",
+                "{what} refer to each other in a cycle: {}",
                 cycle.join(" -> ")
             ))
             .at(span, "this reference closes the cycle")
             .also(&attr.name_span, "defined here"));
         }
-        self.evaluating.push(name.to_string());
+        self.evaluating.push(id);
         let result = self.eval(&attr.expr, &attr.span);
         self.evaluating.pop();
         let value = result?;
@@ -135,6 +257,11 @@ impl<'a> Scope<'a> {
     }
 
     fn eval_toml(&mut self, value: &TomlValue, file: usize) -> EvalResult {
+        let result = self.eval_toml_value(value, file);
+        self.noted(result)
+    }
+
+    fn eval_toml_value(&mut self, value: &TomlValue, file: usize) -> EvalResult {
         let span = Span::new(file, value.range());
         let v = match value {
             TomlValue::String(s, _) if s.contains("${") || s.contains("%{") => {
@@ -144,8 +271,10 @@ impl<'a> Scope<'a> {
                 })?;
                 // Spans inside a TOML string's template are relative to the string: point at
                 // the whole string instead.
-                return self
-                    .eval_template(&template, &span, true)
+                let outer = std::mem::replace(&mut self.in_toml_string, true);
+                let result = self.eval_template(&template, &span, true);
+                self.in_toml_string = outer;
+                return result
                     .map(|mut v| {
                         v.span = span.clone();
                         v
@@ -184,6 +313,11 @@ impl<'a> Scope<'a> {
     }
 
     fn eval_hcl(&mut self, expr: &Expression, file: usize) -> EvalResult {
+        let result = self.eval_hcl_value(expr, file);
+        self.noted(result)
+    }
+
+    fn eval_hcl_value(&mut self, expr: &Expression, file: usize) -> EvalResult {
         let span = self.span(file, expr);
         let value = match expr {
             Expression::Null(_) => Value::Null,
@@ -215,6 +349,9 @@ impl<'a> Scope<'a> {
                         ObjectKey::Ident(ident) => ident.as_str().to_string(),
                         ObjectKey::Expression(e) => {
                             let k = self.eval_hcl(e, file)?;
+                            if k.value.is_unknown() {
+                                return Self::unknown_value(&span);
+                            }
                             match k.value.as_interpolated() {
                                 Some(s) if !k.value.is_sensitive() => s,
                                 _ => {
@@ -252,6 +389,7 @@ impl<'a> Scope<'a> {
             Expression::Conditional(c) => {
                 let cond = self.eval_hcl(&c.cond_expr, file)?;
                 return match cond.value {
+                    Value::Unknown => Self::unknown_value(&span),
                     Value::Bool(true) => self.eval_hcl(&c.true_expr, file),
                     Value::Bool(false) => self.eval_hcl(&c.false_expr, file),
                     other => Err(Diagnostic::error("a condition must be a bool")
@@ -261,6 +399,7 @@ impl<'a> Scope<'a> {
             Expression::UnaryOp(op) => {
                 let v = self.eval_hcl(&op.expr, file)?;
                 match (op.operator.value(), &v.value) {
+                    (_, Value::Unknown) => Value::Unknown,
                     (UnaryOperator::Not, Value::Bool(b)) => Value::Bool(!b),
                     (UnaryOperator::Neg, Value::Number(n)) => {
                         Value::Number(number_op(n, &0.into(), |a, _| -a).unwrap_or(n.clone()))
@@ -274,7 +413,11 @@ impl<'a> Scope<'a> {
             Expression::BinaryOp(op) => {
                 let lhs = self.eval_hcl(&op.lhs_expr, file)?;
                 let rhs = self.eval_hcl(&op.rhs_expr, file)?;
-                binary(op.operator.value(), &lhs, &rhs, &span)?
+                if lhs.value.is_unknown() || rhs.value.is_unknown() {
+                    Value::Unknown
+                } else {
+                    binary(op.operator.value(), &lhs, &rhs, &span)?
+                }
             }
             Expression::ForExpr(_) => {
                 return Err(Diagnostic::error("`for` expressions are not supported yet")
@@ -285,10 +428,10 @@ impl<'a> Scope<'a> {
     }
 
     fn unknown_root(&self, name: &str, span: &Span) -> Diagnostic {
-        let mut roots = vec!["var", "local"];
+        let mut roots = vec!["var", "local", "data"];
         roots.extend_from_slice(REFERENCEABLE);
         Diagnostic::error(format!("unknown name `{name}`"))
-            .at(span, "not a variable, local or block reference")
+            .at(span, "not a variable, local, data or block reference")
             .help_opt(did_you_mean(name, roots.iter().copied()).or_else(|| {
                 Some(
                     "strings are quoted: \"...\"; variables are `var.NAME`, locals `local.NAME`"
@@ -303,7 +446,13 @@ impl<'a> Scope<'a> {
         file: usize,
         span: &Span,
     ) -> EvalResult {
-        let mut ops = t.operators.iter();
+        let mut ops = t.operators.iter().peekable();
+        // What was traversed so far, for messages (`data.http.d.body.source`).
+        let mut traversed = match &t.expr {
+            Expression::Variable(root) => root.as_str().to_string(),
+            _ => "the value".to_string(),
+        };
+        let mut from_data = false;
         let root_value = match &t.expr {
             Expression::Variable(root) => {
                 let root_name = root.as_str();
@@ -321,6 +470,7 @@ impl<'a> Scope<'a> {
                     file,
                     first.and_then(|o| o.span()).unwrap_or(0..0),
                 ));
+                traversed = format!("{root_name}.{attr_name}");
                 match root_name {
                     "var" => match self.vars.get(&attr_name) {
                         Some(v) => SValue {
@@ -365,6 +515,37 @@ impl<'a> Scope<'a> {
                             .at(&first_span, "no `for_each` here"))
                         }
                     },
+                    "data" => {
+                        if !DATA_TYPES.contains(&attr_name.as_str()) {
+                            return Err(Diagnostic::error(format!(
+                                "there is no data type `{attr_name}`"
+                            ))
+                            .at(
+                                &first_span,
+                                format!("data types: {}", DATA_TYPES.join(", ")),
+                            )
+                            .help_opt(did_you_mean(&attr_name, DATA_TYPES.iter().copied())));
+                        }
+                        let name_op = ops.next();
+                        let Some(TraversalOperator::GetAttr(name)) = name_op.map(|o| o.value())
+                        else {
+                            return Err(Diagnostic::error(format!(
+                                "`data.{attr_name}` needs a block name after it"
+                            ))
+                            .at(span, format!("write `data.{attr_name}.NAME`")));
+                        };
+                        let name_span = first_span.join(&Span::new(
+                            file,
+                            name_op.and_then(|o| o.span()).unwrap_or(0..0),
+                        ));
+                        traversed = format!("data.{attr_name}.{}", name.as_str());
+                        from_data = true;
+                        let v = self.data(&attr_name, name.as_str(), &name_span)?;
+                        SValue {
+                            value: v.value,
+                            span: name_span,
+                        }
+                    }
                     kind if REFERENCEABLE.contains(&kind) => {
                         // A reference to another block: it evaluates to its id, `kind.name[.part]`.
                         let mut id = format!("{kind}.{attr_name}");
@@ -394,25 +575,22 @@ impl<'a> Scope<'a> {
         };
         let mut current = root_value;
         for op in ops {
+            if current.value.is_unknown() {
+                return Self::unknown_value(span);
+            }
             let op_span = Span::new(file, op.span().unwrap_or(0..0));
+            let path = traversed.clone();
             current = match op.value() {
                 TraversalOperator::GetAttr(ident) => {
                     let name = ident.as_str();
                     match &current.value {
                         Value::Object(items) => match items.iter().find(|(k, _)| k == name) {
                             Some((_, v)) => v.clone(),
-                            None => {
-                                return Err(Diagnostic::error(format!("there is no key `{name}`"))
-                                    .at(&op_span, "not in this object")
-                                    .help_opt(did_you_mean(
-                                        name,
-                                        items.iter().map(|(k, _)| k.as_str()),
-                                    )))
-                            }
+                            None => return Err(missing_key(name, &path, items, &op_span)),
                         },
                         other => {
                             return Err(Diagnostic::error(format!(
-                                "cannot take `.{name}` of a {}",
+                                "cannot take `.{name}` of `{path}`, a {}",
                                 other.type_name()
                             ))
                             .at(&op_span, "not an object"))
@@ -421,23 +599,39 @@ impl<'a> Scope<'a> {
                 }
                 TraversalOperator::Index(index) => {
                     let i = self.eval_hcl(index, file)?;
-                    index_value(&current, &i, &op_span)?
+                    if i.value.is_unknown() {
+                        return Self::unknown_value(span);
+                    }
+                    index_value(&current, &i, &path, &op_span)?
                 }
                 TraversalOperator::LegacyIndex(i) => {
                     let i = SValue {
                         value: Value::Number((*i.value()).into()),
                         span: op_span.clone(),
                     };
-                    index_value(&current, &i, &op_span)?
+                    index_value(&current, &i, &path, &op_span)?
                 }
                 TraversalOperator::AttrSplat(_) | TraversalOperator::FullSplat(_) => {
                     return Err(Diagnostic::error("splat expressions are not supported yet")
                         .at(&op_span, "not supported"))
                 }
             };
+            traversed.push_str(&match op.value() {
+                TraversalOperator::GetAttr(ident) => format!(".{}", ident.as_str()),
+                TraversalOperator::LegacyIndex(i) => format!(".{}", i.value()),
+                TraversalOperator::Index(Expression::Number(n)) => format!("[{}]", n.value()),
+                TraversalOperator::Index(Expression::String(k)) => format!("[\"{}\"]", k.value()),
+                _ => "[...]".to_string(),
+            });
         }
+        // A fetched document's values point at the reference that took them.
+        let value = if from_data {
+            respan(current.value, span)
+        } else {
+            current.value
+        };
         Ok(SValue {
-            value: current.value,
+            value,
             span: span.clone(),
         })
     }
@@ -445,12 +639,17 @@ impl<'a> Scope<'a> {
     fn eval_template(&mut self, template: &Template, span: &Span, relative: bool) -> EvalResult {
         let mut out = String::new();
         let mut sensitive = false;
+        let mut unknown = false;
         let mut parts = Vec::new();
         for element in template.iter() {
             match element {
                 Element::Literal(text) => out.push_str(text.value()),
                 Element::Interpolation(interp) => {
                     let v = self.eval_hcl(&interp.expr, span.file)?;
+                    if v.value.is_unknown() {
+                        unknown = true;
+                        continue;
+                    }
                     sensitive |= v.value.is_sensitive();
                     parts.extend(v.value.secret_parts());
                     match v.value.as_interpolated() {
@@ -477,7 +676,9 @@ impl<'a> Scope<'a> {
                 }
             }
         }
-        let value = if sensitive {
+        let value = if unknown {
+            Value::Unknown
+        } else if sensitive {
             Value::Secret(Secret::composed(self.text(span), out, parts))
         } else {
             Value::String(out)
@@ -501,6 +702,13 @@ impl<'a> Scope<'a> {
             .iter()
             .map(|a| self.eval_hcl(a, file))
             .collect::<Result<_, _>>()?;
+        let unknown_item = |v: &SValue| match &v.value {
+            Value::List(items) => items.iter().any(|i| i.value.is_unknown()),
+            other => other.is_unknown(),
+        };
+        if FUNCTIONS.contains(&name) && args.iter().any(unknown_item) {
+            return Self::unknown_value(span);
+        }
         let arity = |min: usize, max: usize| -> Result<(), Diagnostic> {
             if args.len() < min || args.len() > max {
                 let wanted = if min == max {
@@ -693,12 +901,12 @@ impl<'a> Scope<'a> {
     }
 }
 
-fn index_value(current: &SValue, index: &SValue, span: &Span) -> EvalResult {
+fn index_value(current: &SValue, index: &SValue, path: &str, span: &Span) -> EvalResult {
     match (&current.value, &index.value) {
         (Value::List(items), Value::Number(n)) => {
             let i = n.as_u64().unwrap_or(u64::MAX) as usize;
             items.get(i).cloned().ok_or_else(|| {
-                Diagnostic::error(format!("index {n} is out of range"))
+                Diagnostic::error(format!("index {n} is out of range of `{path}`"))
                     .at(span, format!("the list has {} item(s)", items.len()))
             })
         }
@@ -706,16 +914,51 @@ fn index_value(current: &SValue, index: &SValue, span: &Span) -> EvalResult {
             .iter()
             .find(|(name, _)| name == k)
             .map(|(_, v)| v.clone())
-            .ok_or_else(|| {
-                Diagnostic::error(format!("there is no key `{k}`")).at(span, "not in this object")
-            }),
+            .ok_or_else(|| missing_key(k, path, items, span)),
         (c, i) => Err(Diagnostic::error(format!(
-            "cannot index a {} with a {}",
+            "cannot index `{path}`, a {}, with a {}",
             c.type_name(),
             i.type_name()
         ))
         .at(span, "here")),
     }
+}
+
+/// `value` with every nested value's span set to `span`.
+fn respan(value: Value, span: &Span) -> Value {
+    let item = |v: SValue| SValue {
+        value: respan(v.value, span),
+        span: span.clone(),
+    };
+    match value {
+        Value::List(items) => Value::List(items.into_iter().map(item).collect()),
+        Value::Object(items) => {
+            Value::Object(items.into_iter().map(|(k, v)| (k, item(v))).collect())
+        }
+        other => other,
+    }
+}
+
+/// `path` has no key `name`: the keys it has, and the closest one.
+fn missing_key(name: &str, path: &str, items: &[(String, SValue)], span: &Span) -> Diagnostic {
+    const SHOWN: usize = 12;
+    let mut keys: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort();
+    let listed = if keys.is_empty() {
+        "it is an empty object".to_string()
+    } else if keys.len() > SHOWN {
+        format!(
+            "its keys: {}, and {} more",
+            keys[..SHOWN].join(", "),
+            keys.len() - SHOWN
+        )
+    } else {
+        format!("its keys: {}", keys.join(", "))
+    };
+    Diagnostic::error(format!("`{path}` has no key `{name}`"))
+        .at(span, "not in this object")
+        .detail(listed)
+        .help_opt(did_you_mean(name, keys.iter().copied()))
 }
 
 fn number_op(

@@ -1,8 +1,12 @@
-//! The recipe language: parse HCL or TOML, evaluate variables, locals and functions, and decode
-//! every block into the typed model, reporting all problems together as [`Diagnostics`].
+//! The recipe language: parse HCL or TOML, evaluate variables, locals, data blocks and
+//! functions, and decode every block into the typed model, reporting all problems together as
+//! [`Diagnostics`].
 //!
-//! Nothing here hashes, touches the store, or runs anything a recipe names.
+//! Nothing here touches the store or runs anything a recipe names. The one thing read from
+//! outside, besides `file()` and `env()`, is what `data "http"` blocks fetch: read-only GETs,
+//! made only when [`LoadOptions::fetch_data`] says so.
 
+mod data;
 mod decode;
 mod eval;
 pub mod fmt;
@@ -15,6 +19,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use data::{
+    secrets as data_secrets, shown_url, Fetched, DATA_TYPES, DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT,
+    HTTP_FIELDS,
+};
 pub use decode::{Seg, SpanIndex};
 pub use eval::EnvLookup;
 pub use model::*;
@@ -32,6 +40,9 @@ pub struct LoadOptions {
     pub vars: Vec<(String, String)>,
     /// Reads environment variables (for `env()` and `VMBUILD_VAR_*`).
     pub env: Arc<EnvLookup>,
+    /// Fetch `data` blocks (plan, apply). Without, their values are unknown, and only what does
+    /// not depend on them is checked (`vmbuild validate`).
+    pub fetch_data: bool,
 }
 
 impl Default for LoadOptions {
@@ -39,6 +50,7 @@ impl Default for LoadOptions {
         LoadOptions {
             vars: Vec::new(),
             env: Arc::new(|name| std::env::var(name).ok()),
+            fetch_data: true,
         }
     }
 }
@@ -73,6 +85,10 @@ pub struct Recipe {
     pub dir: PathBuf,
     pub sources: Sources,
     pub variables: BTreeMap<String, VariableValue>,
+    /// The `data "http"` blocks, in recipe order.
+    pub data: Vec<Named<DataHttpBlock>>,
+    /// What they fetched, in recipe order (empty when loaded without fetching).
+    pub fetched: Vec<Fetched>,
     pub steps: Vec<Named<StepBlock>>,
     pub templates: Vec<Named<TemplateBlock>>,
     pub databases: Vec<Named<DatabaseBlock>>,
@@ -117,6 +133,7 @@ pub struct ConfigTemplate {
 pub const BLOCK_KINDS: &[(&str, usize)] = &[
     ("variable", 1),
     ("locals", 0),
+    ("data", 2),
     ("step", 1),
     ("template", 1),
     ("database", 1),
@@ -175,6 +192,7 @@ impl Recipe {
         self.block_ids().len()
             + self.sanitize.is_some() as usize
             + self.forbid_software.is_some() as usize
+            + self.data.len()
             + self.qa.is_some() as usize
             + self.modules.len()
             + self
@@ -296,6 +314,7 @@ fn evaluate(
 ) -> Option<Recipe> {
     let env = options.env.clone();
     let mut scope = Scope::new(sources, dir, &*env);
+    scope.fetch_data = options.fetch_data;
     for attr in &body.attrs {
         diagnostics.push(
             Diagnostic::error(format!("`{}` cannot stand at the top level", attr.name))
@@ -336,6 +355,11 @@ fn evaluate(
                     "`{}` takes no label: `{} {{ ... }}`",
                     block.kind, block.kind
                 )
+            } else if *labels == 2 {
+                format!(
+                    "`{}` takes a type and a name: `{} \"http\" \"NAME\" {{ ... }}`",
+                    block.kind, block.kind
+                )
             } else {
                 format!(
                     "`{}` takes a name: `{} \"NAME\" {{ ... }}`",
@@ -372,12 +396,15 @@ fn evaluate(
             }
         }
     }
+    let data_order = declare_data(&mut scope, &blocks, diagnostics);
 
     let mut recipe = Recipe {
         path: path.to_path_buf(),
         dir: dir.to_path_buf(),
         sources: sources.clone(),
         variables,
+        data: vec![],
+        fetched: vec![],
         steps: vec![],
         templates: vec![],
         databases: vec![],
@@ -395,7 +422,7 @@ fn evaluate(
     let mut seen_names: HashMap<(String, String), Span> = HashMap::new();
     for block in &blocks {
         let kind = block.kind.as_str();
-        if kind == "variable" || kind == "locals" {
+        if kind == "variable" || kind == "locals" || kind == "data" {
             continue;
         }
         let name = block
@@ -499,6 +526,24 @@ fn evaluate(
         .collect();
     validate(&recipe, &declared, diagnostics);
     check_configs(&mut recipe, &declared, diagnostics);
+    // Data blocks nothing referenced are fetched too: plan shows them, and their problems.
+    for (kind, name, header) in &data_order {
+        if let Err(d) = scope.data(kind, name, header) {
+            diagnostics.push(d);
+        }
+    }
+    for (kind, name, _) in &data_order {
+        let id = format!("data.{kind}.{name}");
+        recipe.data.extend(scope.data_blocks.remove(&id));
+        recipe.fetched.extend(scope.fetched.remove(&id));
+    }
+    diagnostics.append(&mut scope.diagnostics);
+    // What was found in unknown values (placeholders of data blocks not fetched) is no problem.
+    diagnostics.retain(|d| {
+        d.subject
+            .as_ref()
+            .is_none_or(|(span, _)| !scope.is_unknown(span))
+    });
     recipe.files_read = std::mem::take(&mut scope.files_read);
     Some(recipe)
 }
@@ -655,6 +700,7 @@ fn instantiate(
         let child_options = LoadOptions {
             vars: Vec::new(),
             env: options.env.clone(),
+            fetch_data: options.fetch_data,
         };
         if let Some(child) = evaluate(
             &folder,
@@ -673,6 +719,49 @@ fn instantiate(
             });
         }
     }
+}
+
+/// Check each `data "TYPE" "NAME"` block's type and name and declare it in the scope (it is
+/// evaluated when first used). The declared blocks, in recipe order.
+fn declare_data(
+    scope: &mut Scope<'_>,
+    blocks: &[&Block],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<(String, String, Span)> {
+    let mut declared: Vec<(String, String, Span)> = Vec::new();
+    for block in blocks.iter().filter(|b| b.kind == "data") {
+        let (kind, kind_span) = &block.labels[0];
+        let (name, name_span) = &block.labels[1];
+        if !DATA_TYPES.contains(&kind.as_str()) {
+            diagnostics.push(
+                Diagnostic::error(format!("`{kind}` is not a data type"))
+                    .at(kind_span, "unknown data type")
+                    .detail(format!("data types: {}", DATA_TYPES.join(", ")))
+                    .help_opt(did_you_mean(kind, DATA_TYPES.iter().copied())),
+            );
+            continue;
+        }
+        if !valid_name(name) {
+            diagnostics.push(
+                Diagnostic::error(format!("`{name}` is not a valid data block name")).at(
+                    name_span,
+                    "use letters, digits, `_` and `-`, starting with a letter",
+                ),
+            );
+            continue;
+        }
+        if let Some((_, _, first)) = declared.iter().find(|(k, n, _)| k == kind && n == name) {
+            diagnostics.push(
+                Diagnostic::error(format!("`data \"{kind}\" \"{name}\"` is defined twice"))
+                    .at(&block.header_span(), "defined again here")
+                    .also(first, "first defined here"),
+            );
+            continue;
+        }
+        declared.push((kind.clone(), name.clone(), block.header_span()));
+        scope.declare_data((*block).clone());
+    }
+    declared
 }
 
 /// Names of blocks: used in step ids and environment variable names.

@@ -65,6 +65,24 @@ pub enum VariableType {
     Map,
 }
 
+/// `data "http" "NAME" { ... }`: a JSON document read with a GET at plan time; recipes use its
+/// parsed answer as `data.http.NAME.body` (and `.status`, `.text`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataHttpBlock {
+    /// The `http://` or `https://` URL. It may be sensitive (a token in it, from `env()`).
+    pub url: Text,
+    /// Request headers; values may be sensitive (`Authorization = "Bearer ${env("TOKEN")}"`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Text>,
+    /// How long the whole exchange may take, redirects and body included (default `30s`).
+    #[serde(default)]
+    pub timeout: Option<DurationText>,
+    /// The largest answer accepted (default `10M`).
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
+}
+
 /// `template "NAME" { ... }`: the OS root tree the VM starts from.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -61,7 +61,6 @@ pub struct Block {
     pub labels: Vec<(String, Span)>,
     pub body: Body,
     /// The whole block.
-    #[allow(dead_code)]
     pub span: Span,
 }
 
@@ -146,6 +145,38 @@ pub fn parse_toml(file: usize, text: &str) -> Result<Body, Diagnostic> {
     for (kind, kind_range, value) in entries {
         let kind_span = Span::new(file, kind_range.clone());
         match value {
+            // `[data.http.NAME]`: a type, then a name.
+            TomlValue::Table(types, range) if kind == "data" => {
+                for (data_type, type_range, names) in types {
+                    let type_span = Span::new(file, type_range);
+                    let TomlValue::Table(names, _) = names else {
+                        body.blocks.push(toml_block(
+                            file,
+                            &kind,
+                            &kind_span,
+                            vec![(data_type, type_span)],
+                            names,
+                            &range,
+                        ));
+                        continue;
+                    };
+                    for (name, name_range, inner) in names {
+                        let labels = vec![
+                            (data_type.clone(), type_span.clone()),
+                            (name, Span::new(file, name_range)),
+                        ];
+                        let inner_range = inner.range();
+                        body.blocks.push(toml_block(
+                            file,
+                            &kind,
+                            &kind_span,
+                            labels,
+                            inner,
+                            &inner_range,
+                        ));
+                    }
+                }
+            }
             TomlValue::Table(items, range) if LABELLED_KINDS.contains(&kind.as_str()) => {
                 for (label, label_range, inner) in items {
                     let label_span = Span::new(file, label_range);

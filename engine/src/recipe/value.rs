@@ -15,6 +15,9 @@ use crate::diag::Span;
 /// The marker key under which a secret travels through serde (see [`Value::to_json`]).
 pub const SECRET_MARKER: &str = "$vmbuild::secret";
 
+/// What an unknown value decodes as (see [`Value::Unknown`]).
+pub const UNKNOWN_PLACEHOLDER: &str = "(known at plan time)";
+
 /// A sensitive string. Its `Debug`, `Display` and `Serialize` forms show only its identity.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
@@ -192,6 +195,10 @@ pub enum Value {
     Secret(Secret),
     List(Vec<SValue>),
     Object(Vec<(String, SValue)>),
+    /// A value known only once a `data` block is fetched: what `vmbuild validate` (which fetches
+    /// nothing) sees, and what depends on a data block that could not be fetched. Whatever is
+    /// computed from it is unknown too, and problems found in it are not reported.
+    Unknown,
 }
 
 impl Value {
@@ -205,7 +212,12 @@ impl Value {
             Value::Secret(_) => "sensitive string",
             Value::List(_) => "list",
             Value::Object(_) => "object",
+            Value::Unknown => "value known at plan time",
         }
+    }
+
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, Value::Unknown)
     }
 
     /// Whether any part of the value is sensitive.
@@ -238,6 +250,7 @@ impl Value {
                     .map(|(k, v)| (k.clone(), v.value.to_json()))
                     .collect(),
             ),
+            Value::Unknown => J::String(UNKNOWN_PLACEHOLDER.into()),
         }
     }
 

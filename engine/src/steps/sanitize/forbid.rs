@@ -15,7 +15,6 @@ use std::path::Path;
 use crate::diag::Diagnostic;
 use crate::recipe::{Named, Recipe, SanitizeBlock, Text};
 use crate::steps::database::tls;
-use crate::steps::source::git;
 
 /// The shortest string worth forbidding: anything shorter matches by chance.
 pub const MIN_LEN: usize = 4;
@@ -119,8 +118,9 @@ pub fn collect(
 }
 
 /// The production secrets a recipe handles, forbidden in the VM whether or not the recipe lists
-/// them: each database source's URL and the password in it, and the credentials in a `source`'s
-/// git URL. (The VM's own database passwords are not among them: they belong in the VM.)
+/// them: each database source's URL and the password in it, the credentials in a `source`'s
+/// git URL, and the tokens a `data "http"` block sends (in its URL or headers). (The VM's own
+/// database passwords are not among them: they belong in the VM.)
 pub fn production_secrets(recipe: &Recipe) -> Vec<Forbidden> {
     let mut found = Vec::new();
     for database in &recipe.databases {
@@ -156,13 +156,21 @@ pub fn production_secrets(recipe: &Recipe) -> Vec<Forbidden> {
         }
     }
     for source in &recipe.git_sources {
-        for credential in git::credentials(source.block.git.reveal()) {
+        for credential in crate::url::credentials(source.block.git.reveal()) {
             found.push(Forbidden::new(
                 format!(
                     "the credentials in the git URL of source \"{}\"",
                     source.name
                 ),
                 credential,
+            ));
+        }
+    }
+    for data in &recipe.data {
+        for secret in crate::recipe::data_secrets(&data.block) {
+            found.push(Forbidden::new(
+                format!("the credentials of data \"http\" \"{}\"", data.name),
+                secret,
             ));
         }
     }

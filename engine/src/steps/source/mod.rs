@@ -69,7 +69,7 @@ impl SourceStep {
             .map(str::to_string);
         let url = named.block.git.reveal();
         let literal_credentials = match &named.block.git {
-            Text::Plain(_) => !git::credentials(url).is_empty(),
+            Text::Plain(_) => !crate::url::credentials(url).is_empty(),
             Text::Secret(_) => false,
         };
         SourceStep {
@@ -97,9 +97,9 @@ impl SourceStep {
     /// only its credentials is shown by its identity (`env("SITE_REPO")`).
     fn shown_url(&self) -> serde_json::Value {
         match &self.block.git {
-            Text::Plain(url) => json!(git::shown(url)),
+            Text::Plain(url) => json!(crate::url::shown(url)),
             Text::Secret(secret) => {
-                let shown = git::shown(secret.reveal());
+                let shown = crate::url::shown(secret.reveal());
                 if secret.parts().iter().any(|p| shown.contains(p.as_str())) {
                     json!(secret)
                 } else {
@@ -531,7 +531,7 @@ impl Step for SourceStep {
     }
 
     fn secrets(&self) -> Vec<String> {
-        let mut secrets = git::credentials(self.block.git.reveal());
+        let mut secrets = crate::url::credentials(self.block.git.reveal());
         secrets.extend(
             std::iter::once(&self.block.git)
                 .chain(&self.block.build)
