@@ -664,3 +664,104 @@ fn a_source_checks_out_the_commit_the_dashboard_names() {
         "parameter `commit` changed"
     );
 }
+
+/// The deck's way: one dashboard names every site's commit, one module builds each site. A new
+/// commit for one site reruns that site's source and what follows it, and nothing of the other.
+#[test]
+fn a_dashboard_answer_for_one_site_reruns_only_that_site() {
+    let project = Project::new();
+    let repo = project.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let mut commits = Vec::new();
+    for text in ["one\n", "two\n"] {
+        std::fs::write(repo.join("index.html"), text).unwrap();
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-q", "-m", text.trim()]);
+        commits.push(git(&repo, &["rev-parse", "HEAD"]));
+    }
+    let served = |toxo: &str, plasmo: &str| {
+        format!(
+            r#"{{"sites": {{"toxodb": {{"commit": "{toxo}"}}, "plasmodb": {{"commit": "{plasmo}"}}}}}}"#
+        )
+    };
+    let server = Server::start(&served(&commits[0], &commits[0]));
+    project.file(
+        "modules/site/site.hcl",
+        &format!(
+            r#"
+variable "site" {{}}
+variable "commit" {{}}
+
+step "shared" {{
+  command = ["sh", "-c", "echo common > $VMBUILD_OUT/common.txt"]
+}}
+
+source "website" {{
+  git = "{}"
+  ref = var.commit
+}}
+
+step "site" {{
+  command = ["sh", "-c", "cat $VMBUILD_IN_SOURCE_WEBSITE/index.html > $VMBUILD_OUT/page.txt; echo $SITE >> $VMBUILD_OUT/page.txt"]
+  after   = [step.shared, source.website]
+  env     = {{ SITE = var.site }}
+}}
+"#,
+            repo.display()
+        ),
+    );
+    project.recipe(&format!(
+        r#"
+data "http" "dashboard" {{
+  url = "{}"
+}}
+
+module "site" {{
+  for_each = ["toxodb", "plasmodb"]
+  source   = "modules/site"
+  site     = each.value
+  commit   = data.http.dashboard.body.sites[each.value].commit
+}}
+"#,
+        server.url("/dashboard")
+    ));
+    run(&project, &["apply", "site.hcl"], &[]).success();
+    let page = |site: &str| {
+        let folder = project.output_tree(&format!("module.site.{site}.step.site"));
+        std::fs::read_to_string(folder.join("page.txt")).unwrap()
+    };
+    assert_eq!(page("toxodb"), "one\ntoxodb\n");
+    assert_eq!(page("plasmodb"), "one\nplasmodb\n");
+
+    server.serve(&served(&commits[1], &commits[0]));
+    let json = plan_json(&project);
+    let running: Vec<&str> = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["action"] == "run")
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        running,
+        [
+            "module.site.toxodb.source.website",
+            "module.site.toxodb.step.site"
+        ],
+        "{json:#}"
+    );
+    assert_eq!(
+        step(&json, "module.site.toxodb.source.website")["reason"],
+        "parameter `commit` changed"
+    );
+    let apply = run(&project, &["apply", "site.hcl"], &[]).success();
+    let started: Vec<&str> = apply
+        .stderr
+        .lines()
+        .filter(|l| l.contains(": started"))
+        .collect();
+    assert_eq!(started.len(), 2, "{}", apply.stderr);
+    assert_eq!(page("toxodb"), "two\ntoxodb\n");
+    assert_eq!(page("plasmodb"), "one\nplasmodb\n");
+}

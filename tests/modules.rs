@@ -287,3 +287,25 @@ fn two_sites_are_built_and_booted_from_one_template() {
         assert!(folder.join(format!("{site}.qcow2")).is_file());
     }
 }
+
+#[test]
+fn a_mistake_in_a_module_is_reported_once_for_all_its_instances() {
+    let project = Project::new();
+    project.file(
+        "modules/broken/site.hcl",
+        "template \"web\" {\n  debootstrap {\n    suite = \"bookworm\"\n  }\n}\n\nstep \"page\" {\n  command = [\"true\"]\n  after   = [template.web]\n}\n",
+    );
+    project.recipe(
+        "module \"site\" {\n  for_each = [\"toxodb\", \"plasmodb\"]\n  source   = \"modules/broken\"\n}\n",
+    );
+    let run = project.run(&["validate", "site.hcl"]).code(1);
+    snapshot!(&project, "diagnostic-module-once", run.transcript());
+    assert_eq!(
+        run.stderr
+            .matches("`after` names a block of one step, not `template.web`")
+            .count(),
+        1,
+        "{}",
+        run.stderr
+    );
+}

@@ -15,7 +15,8 @@ mod syntax;
 pub mod template;
 mod value;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -669,6 +670,8 @@ fn instantiate(
     };
     let mut stack = inputs.stack.clone();
     stack.push(canonical);
+    // A problem in the module's text is the same in every instance: reported once.
+    let mut reported: HashSet<(String, PathBuf, Option<Range<usize>>)> = HashSet::new();
     for (instance, each) in instances {
         scope.each = each;
         let mut values = BTreeMap::new();
@@ -691,7 +694,8 @@ fn instantiate(
         if failed {
             continue;
         }
-        let body = parse_files(&files, &mut recipe.sources, diagnostics);
+        let mut found = Vec::new();
+        let body = parse_files(&files, &mut recipe.sources, &mut found);
         let sources = recipe.sources.clone();
         let module_inputs = Inputs {
             values: Some(values),
@@ -709,7 +713,7 @@ fn instantiate(
             body,
             &child_options,
             &module_inputs,
-            diagnostics,
+            &mut found,
         ) {
             recipe.sources = child.sources.clone();
             recipe.modules.push(ModuleInstance {
@@ -717,6 +721,23 @@ fn instantiate(
                 header: block.header_span(),
                 recipe: child,
             });
+        }
+        for d in found {
+            let place = d.subject.as_ref().map(|(span, _)| {
+                let file = recipe
+                    .sources
+                    .files()
+                    .get(span.file)
+                    .map(|f| f.path.clone());
+                (file.unwrap_or_default(), span.range.clone())
+            });
+            let (file, range) = match place {
+                Some((file, range)) => (file, Some(range)),
+                None => (PathBuf::new(), None),
+            };
+            if reported.insert((d.summary.clone(), file, range)) {
+                diagnostics.push(d);
+            }
         }
     }
 }
@@ -1142,6 +1163,9 @@ fn check_configs(recipe: &mut Recipe, declared: &[String], diagnostics: &mut Vec
     }
 }
 
+/// The blocks that are one step of the same id, whose output a `step` can read.
+const SINGLE_STEP_BLOCKS: &[&str] = &["step", "source", "files", "config"];
+
 /// Cross-block checks: references name existing blocks, and `after` has no cycle.
 fn validate(recipe: &Recipe, ids: &[String], diagnostics: &mut Vec<Diagnostic>) {
     for step in &recipe.steps {
@@ -1156,12 +1180,21 @@ fn validate(recipe: &Recipe, ids: &[String], diagnostics: &mut Vec<Diagnostic>) 
                     .at(&span, "no such step")
                     .help_opt(did_you_mean(target, ids.iter().map(String::as_str))),
                 );
-            } else if !target.starts_with("step.") {
+            } else if !SINGLE_STEP_BLOCKS
+                .iter()
+                .any(|kind| target.starts_with(&format!("{kind}.")))
+            {
                 diagnostics.push(
-                    Diagnostic::error(format!(
-                        "`after` can name only `step.*` blocks for now, not `{target}`"
-                    ))
-                    .at(&span, "not a step"),
+                    Diagnostic::error(format!("`after` names a block of one step, not `{target}`"))
+                        .at(&span, "made of several steps")
+                        .help(format!(
+                            "a step can run after {} blocks",
+                            SINGLE_STEP_BLOCKS
+                                .iter()
+                                .map(|k| format!("`{k}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )),
                 );
             }
         }
