@@ -765,3 +765,59 @@ module "site" {{
     assert_eq!(page("toxodb"), "two\ntoxodb\n");
     assert_eq!(page("plasmodb"), "one\nplasmodb\n");
 }
+
+/// `offprint w1.toxodb.org`: a module asks the dashboard about its own host; plan lists what
+/// every instance fetched, under the instance's name.
+#[test]
+fn each_module_instance_fetches_its_own_answer() {
+    let server = Server::start(DASHBOARD);
+    let project = Project::new();
+    project.file(
+        "modules/site/site.hcl",
+        &format!(
+            r#"
+variable "host" {{}}
+
+data "http" "dashboard" {{
+  url = "{}?host=${{var.host}}"
+}}
+
+step "release" {{
+  command = ["sh", "-c", "echo ${{data.http.dashboard.body.release}} > $VMBUILD_OUT/release"]
+}}
+"#,
+            server.url("/dashboard")
+        ),
+    );
+    project.recipe(
+        "module \"site\" {\n  for_each = { toxodb = \"w1.toxodb.org\", plasmodb = \"w1.plasmodb.org\" }\n  source   = \"modules/site\"\n  host     = each.value\n}\n",
+    );
+    let json = plan_json(&project);
+    let fetched: Vec<(&str, &str)> = json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["id"].as_str().unwrap(), d["url"].as_str().unwrap()))
+        .collect();
+    let toxo = server.url("/dashboard?host=w1.toxodb.org");
+    let plasmo = server.url("/dashboard?host=w1.plasmodb.org");
+    assert_eq!(
+        fetched,
+        [
+            ("module.site.toxodb.data.http.dashboard", toxo.as_str()),
+            ("module.site.plasmodb.data.http.dashboard", plasmo.as_str()),
+        ]
+    );
+    let text = run(&project, &["plan", "site.hcl"], &[]).success();
+    assert!(text.stdout.contains(&toxo), "{}", text.stdout);
+    assert!(text.stdout.contains(&plasmo), "{}", text.stdout);
+    let asked: Vec<String> = server
+        .requests()
+        .iter()
+        .filter_map(|r| r.lines().next().map(str::to_string))
+        .collect();
+    assert!(
+        asked.iter().any(|r| r.contains("host=w1.plasmodb.org")),
+        "{asked:?}"
+    );
+}

@@ -318,7 +318,7 @@ impl Plan {
             recipe_path: recipe.path.clone(),
             recipe_dir: recipe.dir.clone(),
             namespace,
-            data: recipe.fetched.clone(),
+            data: recipe.all_fetched(),
             steps,
             graph,
         })

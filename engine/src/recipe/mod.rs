@@ -203,6 +203,19 @@ impl Recipe {
                 .sum::<usize>()
     }
 
+    /// What the recipe's data blocks fetched, its modules' included (under
+    /// `module.NAME.data.http.X`), in recipe order.
+    pub fn all_fetched(&self) -> Vec<Fetched> {
+        let mut all = self.fetched.clone();
+        for module in &self.modules {
+            all.extend(module.recipe.all_fetched().into_iter().map(|f| Fetched {
+                id: format!("module.{}.{}", module.name, f.id),
+                ..f
+            }));
+        }
+        all
+    }
+
     /// Every block id the recipe defines (`step.a`, `template.base`, `output.qcow2`, ...).
     pub fn block_ids(&self) -> Vec<String> {
         let mut ids = Vec::new();
@@ -646,10 +659,16 @@ fn instantiate(
             for (key, item) in pairs {
                 if !valid_name(&key) {
                     diagnostics.push(
-                        Diagnostic::error(format!("`{key}` cannot name a module instance")).at(
-                            &item.span,
-                            "use letters, digits, `_` and `-`, starting with a letter",
-                        ),
+                        Diagnostic::error(format!("`{key}` cannot name a module instance"))
+                            .at(
+                                &item.span,
+                                "use letters, digits, `_` and `-`, starting with a letter",
+                            )
+                            .help(
+                                "to give each instance another value, use an object: \
+                             `for_each = { toxodb = \"w1.toxodb.org\" }` names the instance \
+                             `toxodb` and sets `each.value`",
+                            ),
                     );
                     continue;
                 }
