@@ -1,6 +1,6 @@
 //! What runs and what is cached: first runs, null runs, parameter and input changes, early cutoff.
 
-use crate::support::Project;
+use crate::support::{running, Project};
 
 /// a → b → c, and d alone. Each step appends its name to `runs.log` in the project, so the
 /// tests can see which commands really ran.
@@ -206,13 +206,7 @@ step "ignores" {
         .run(&["plan", "site.hcl", "-v", "release=2", "--format", "json"])
         .success();
     let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let running: Vec<&str> = plan["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["action"] == "run")
-        .map(|s| s["id"].as_str().unwrap())
-        .collect();
+    let running = running(&plan);
     assert_eq!(running, ["step.uses"]);
     // The environment works as well as -var.
     let out = project

@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
 use crate::snapshot;
-use crate::support::{step, Project, Run};
+use crate::support::{commit, repository, running, step, Project, Run};
 
 /// What the server answers and what it was asked.
 #[derive(Default)]
@@ -612,36 +612,11 @@ fn a_toml_recipe_reads_data_blocks_too() {
     assert!(server.requests().len() == 2, "{:?}", server.requests());
 }
 
-/// Run git in `dir` with a fixed identity and no user configuration; its trimmed output.
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let output = std::process::Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "Test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.org")
-        .env("GIT_COMMITTER_NAME", "Test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.org")
-        .output()
-        .expect("run git");
-    assert!(output.status.success(), "git {args:?}");
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
 #[test]
 fn a_source_checks_out_the_commit_the_dashboard_names() {
     let project = Project::new();
-    let repo = project.path().join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    let mut commits = Vec::new();
-    for text in ["one\n", "two\n"] {
-        std::fs::write(repo.join("index.html"), text).unwrap();
-        git(&repo, &["add", "-A"]);
-        git(&repo, &["commit", "-q", "-m", text.trim()]);
-        commits.push(git(&repo, &["rev-parse", "HEAD"]));
-    }
+    let (repo, first) = repository(&project, "repo", &[("index.html", "one\n")]);
+    let commits = [first, commit(&repo, &[("index.html", "two\n")], "two")];
     let served = |commit: &str| format!(r#"{{"source": {{"website": {{"commit": "{commit}"}}}}}}"#);
     let server = Server::start(&served(&commits[0]));
     project.recipe(&format!(
@@ -670,16 +645,8 @@ fn a_source_checks_out_the_commit_the_dashboard_names() {
 #[test]
 fn a_dashboard_answer_for_one_site_reruns_only_that_site() {
     let project = Project::new();
-    let repo = project.path().join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    let mut commits = Vec::new();
-    for text in ["one\n", "two\n"] {
-        std::fs::write(repo.join("index.html"), text).unwrap();
-        git(&repo, &["add", "-A"]);
-        git(&repo, &["commit", "-q", "-m", text.trim()]);
-        commits.push(git(&repo, &["rev-parse", "HEAD"]));
-    }
+    let (repo, first) = repository(&project, "repo", &[("index.html", "one\n")]);
+    let commits = [first, commit(&repo, &[("index.html", "two\n")], "two")];
     let served = |toxo: &str, plasmo: &str| {
         format!(
             r#"{{"sites": {{"toxodb": {{"commit": "{toxo}"}}, "plasmodb": {{"commit": "{plasmo}"}}}}}}"#
@@ -736,13 +703,7 @@ module "site" {{
 
     server.serve(&served(&commits[1], &commits[0]));
     let json = plan_json(&project);
-    let running: Vec<&str> = json["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["action"] == "run")
-        .map(|s| s["id"].as_str().unwrap())
-        .collect();
+    let running = running(&json);
     assert_eq!(
         running,
         [

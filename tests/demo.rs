@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::databases::{Fixture, NEVER_CLONED};
-use crate::support::{copy_example, exported_manifest, Project};
+use crate::support::{copy_example, exported_manifest, running, Project};
 
 fn repository_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -208,13 +208,7 @@ fn the_demo_site_serves_its_clone_and_ships_nothing_private() {
     let (url, _) = export_role(&fixture);
     let rotated = vmbuild(&project, &url, &["plan", "site.hcl", "--format", "json"]);
     let plan: serde_json::Value = serde_json::from_str(&rotated.stdout).unwrap();
-    let running: Vec<&str> = plan["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["action"] == "run")
-        .map(|s| s["id"].as_str().unwrap())
-        .collect();
+    let running = running(&plan);
     assert_eq!(running, ["sanitize.scan"], "{}", rotated.stdout);
 
     // A new release in production (the site's QA checks still hold for it): the dump and what

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::snapshot;
-use crate::support::{step, template_tools, Project, Run};
+use crate::support::{running, step, template_tools, Project, Run};
 
 const PASSWORD: &str = "Tox0-db-Pa55word!";
 const HOST: &str = "db1.production.example.org";
@@ -461,12 +461,6 @@ fn a_leak_fails_apply_and_exports_nothing_and_a_scrubbed_image_passes() {
     )
     .success();
     let plan: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
-    let to_run: Vec<&str> = plan["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["action"] == "run")
-        .map(|s| s["id"].as_str().unwrap())
-        .collect();
+    let to_run = running(&plan);
     assert_eq!(to_run, ["sanitize.scan"]);
 }

@@ -5,53 +5,10 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use crate::snapshot;
-use crate::support::{step, template_tools, Project};
-
-/// Run git in `dir` with a fixed identity and no user configuration; its trimmed output.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "Test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.org")
-        .env("GIT_COMMITTER_NAME", "Test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.org")
-        .output()
-        .expect("run git");
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-/// Write `files` into the repository at `dir` and commit them; the new commit id.
-fn commit(dir: &Path, files: &[(&str, &str)], message: &str) -> String {
-    for (path, text) in files {
-        let full = dir.join(path);
-        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-        std::fs::write(full, text).unwrap();
-    }
-    git(dir, &["add", "-A"]);
-    git(dir, &["commit", "-q", "-m", message]);
-    git(dir, &["rev-parse", "HEAD"])
-}
-
-/// A repository `name` in the project with one commit on `main`.
-fn repository(project: &Project, name: &str, files: &[(&str, &str)]) -> (PathBuf, String) {
-    let dir = project.path().join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    git(&dir, &["init", "-q", "-b", "main"]);
-    let id = commit(&dir, files, "first");
-    (dir, id)
-}
+use crate::support::{commit, git, repository, step, template_tools, Project};
 
 const SITE: &str = r#"
 source "site" {

@@ -258,3 +258,56 @@ macro_rules! snapshot {
         });
     }};
 }
+
+/// Run git in `dir` with a fixed identity and no user configuration; its trimmed output.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.org")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.org")
+        .output()
+        .expect("run git");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Write `files` into the repository at `dir` and commit them; the new commit id.
+pub fn commit(dir: &Path, files: &[(&str, &str)], message: &str) -> String {
+    for (path, text) in files {
+        let full = dir.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, text).unwrap();
+    }
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", message]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+/// The ids of the steps a JSON plan would run, in its order.
+pub fn running(plan: &serde_json::Value) -> Vec<&str> {
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["action"] == "run")
+        .map(|s| s["id"].as_str().unwrap())
+        .collect()
+}
+
+/// A repository `name` in the project with one commit on `main`.
+pub fn repository(project: &Project, name: &str, files: &[(&str, &str)]) -> (PathBuf, String) {
+    let dir = project.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    let id = commit(&dir, files, "first");
+    (dir, id)
+}
