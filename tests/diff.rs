@@ -2,34 +2,13 @@
 //! revisions of a source read from its real repository.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::snapshot;
-use crate::support::Project;
+use crate::support::{self, Project};
 
-/// A commit with a fixed identity and date, so its id is the same on every run.
+/// Write `file` and commit it; the commit's id, the same on every run.
 fn commit(repo: &Path, file: &str, text: &str, message: &str) -> String {
-    std::fs::write(repo.join(file), text).unwrap();
-    let git = |args: &[&str]| {
-        let output = Command::new("git")
-            .args(args)
-            .current_dir(repo)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_AUTHOR_NAME", "Test")
-            .env("GIT_AUTHOR_EMAIL", "test@example.org")
-            .env("GIT_COMMITTER_NAME", "Test")
-            .env("GIT_COMMITTER_EMAIL", "test@example.org")
-            .env("GIT_AUTHOR_DATE", "2026-06-01T12:00:00Z")
-            .env("GIT_COMMITTER_DATE", "2026-06-01T12:00:00Z")
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "git {args:?}");
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
-    };
-    git(&["add", "-A"]);
-    git(&["commit", "-q", "-m", message]);
-    git(&["rev-parse", "HEAD"])
+    support::commit(repo, &[(file, text)], message)
 }
 
 fn manifest(project: &Project, release: &str, commit: &str, newer: bool) -> serde_json::Value {
@@ -82,11 +61,7 @@ fn diff_says_what_changed_between_two_builds_with_the_commits_between() {
     let project = Project::new();
     let repo = project.path().join("repo");
     std::fs::create_dir(&repo).unwrap();
-    Command::new("git")
-        .args(["init", "-q", "-b", "main"])
-        .current_dir(&repo)
-        .status()
-        .unwrap();
+    support::git(&repo, &["init", "-q", "-b", "main"]);
     let first = commit(&repo, "index.html", "one\n", "Site for release 68");
     commit(&repo, "gene.html", "gene\n", "Gene pages show orthologs");
     let last = commit(&repo, "index.html", "two\n", "Release 69");

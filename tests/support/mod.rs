@@ -259,7 +259,8 @@ macro_rules! snapshot {
     }};
 }
 
-/// Run git in `dir` with a fixed identity and no user configuration; its trimmed output.
+/// Run git in `dir` with a fixed identity and date (a commit's id is the same on every run) and
+/// no user configuration; its trimmed output.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let output = Command::new("git")
         .args(args)
@@ -270,6 +271,8 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_AUTHOR_EMAIL", "test@example.org")
         .env("GIT_COMMITTER_NAME", "Test")
         .env("GIT_COMMITTER_EMAIL", "test@example.org")
+        .env("GIT_AUTHOR_DATE", "2026-06-01T12:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2026-06-01T12:00:00Z")
         .output()
         .expect("run git");
     assert!(
