@@ -751,7 +751,7 @@ step "release" {{
         ),
     );
     project.recipe(
-        "module \"site\" {\n  for_each = { toxodb = \"w1.toxodb.org\", plasmodb = \"w1.plasmodb.org\" }\n  source   = \"modules/site\"\n  host     = each.value\n}\n",
+        "module \"site\" {\n  for_each = [\"w1.toxodb.org\", \"w1.plasmodb.org\"]\n  source   = \"modules/site\"\n  host     = each.value\n}\n",
     );
     let json = plan_json(&project);
     let fetched: Vec<(&str, &str)> = json["data"]
@@ -765,8 +765,14 @@ step "release" {{
     assert_eq!(
         fetched,
         [
-            ("module.site.toxodb.data.http.dashboard", toxo.as_str()),
-            ("module.site.plasmodb.data.http.dashboard", plasmo.as_str()),
+            (
+                "module.site.w1.toxodb.org.data.http.dashboard",
+                toxo.as_str()
+            ),
+            (
+                "module.site.w1.plasmodb.org.data.http.dashboard",
+                plasmo.as_str()
+            ),
         ]
     );
     let text = run(&project, &["plan", "site.hcl"], &[]).success();

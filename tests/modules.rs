@@ -184,6 +184,15 @@ fn for_each_takes_names_and_each_only_lives_there() {
         "{stderr}"
     );
     assert!(stderr.contains("`each` is known only in a `module` block with `for_each`"));
+    let stderr = diagnostic(
+        "instance-name",
+        "module \"x\" {\n  for_each = [\"w1.toxodb.org\", \"../etc\"]\n  source   = \"modules/site\"\n  site     = each.value\n}\n",
+    );
+    assert!(
+        stderr.contains("`../etc` cannot name a module instance"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("`w1.toxodb.org` cannot"), "{stderr}");
 }
 
 #[test]

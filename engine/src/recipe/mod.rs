@@ -657,17 +657,17 @@ fn instantiate(
                 }
             };
             for (key, item) in pairs {
-                if !valid_name(&key) {
+                if !valid_instance_name(&key) {
                     diagnostics.push(
                         Diagnostic::error(format!("`{key}` cannot name a module instance"))
                             .at(
                                 &item.span,
-                                "use letters, digits, `_` and `-`, starting with a letter",
+                                "use letters, digits, `_`, `-` and `.`, starting with a letter or digit",
                             )
                             .help(
                                 "to give each instance another value, use an object: \
-                             `for_each = { toxodb = \"w1.toxodb.org\" }` names the instance \
-                             `toxodb` and sets `each.value`",
+                                 `for_each = { toxodb = \"w1.toxodb.org\" }` names the \
+                                 instance `toxodb` and sets `each.value`",
                             ),
                     );
                     continue;
@@ -805,6 +805,17 @@ fn declare_data(
 }
 
 /// Names of blocks: used in step ids and environment variable names.
+/// A module instance's name, from `for_each`: a name, or a host name (`w1.toxodb.org`), which
+/// is also the name of its folder of artifacts.
+fn valid_instance_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && !name.ends_with('.')
+        && !name.contains("..")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())
