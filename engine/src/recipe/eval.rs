@@ -127,24 +127,38 @@ impl<'a> Scope<'a> {
             .at(span, "no such data block")
             .help_opt(did_you_mean(name, names.iter().copied())));
         };
-        if let Some(pos) = self.evaluating.iter().position(|n| *n == id) {
-            let cycle: Vec<_> = self.evaluating[pos..]
-                .iter()
-                .chain(std::iter::once(&id))
-                .cloned()
-                .collect();
-            return Err(Diagnostic::error(format!(
-                "data blocks and locals refer to each other in a cycle: {}",
-                cycle.join(" -> ")
-            ))
-            .at(span, "this reference closes the cycle")
-            .also(&block.header_span(), "defined here"));
+        if let Some(cycle) = self.cycle_through(&id, span, &block.header_span()) {
+            return Err(cycle);
         }
         self.evaluating.push(id.clone());
         let value = data::evaluate(self, &block, &id);
         self.evaluating.pop();
         self.data_values.insert(id, value.clone());
         Ok(value)
+    }
+
+    /// The error of a reference at `span` to `id` (a local or a data block, defined at `defined`)
+    /// while `id` is itself being evaluated: a cycle.
+    fn cycle_through(&self, id: &str, span: &Span, defined: &Span) -> Option<Diagnostic> {
+        let pos = self.evaluating.iter().position(|n| n == id)?;
+        let cycle: Vec<&str> = self.evaluating[pos..]
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(id))
+            .collect();
+        let what = if cycle.iter().any(|n| n.starts_with("data.")) {
+            "data blocks and locals"
+        } else {
+            "locals"
+        };
+        Some(
+            Diagnostic::error(format!(
+                "{what} refer to each other in a cycle: {}",
+                cycle.join(" -> ")
+            ))
+            .at(span, "this reference closes the cycle")
+            .also(defined, "defined here"),
+        )
     }
 
     /// Whether `span` lies within an expression whose value is unknown.
@@ -213,23 +227,8 @@ impl<'a> Scope<'a> {
                 .help_opt(did_you_mean(name, names.iter().map(String::as_str))));
         };
         let id = format!("local.{name}");
-        if let Some(pos) = self.evaluating.iter().position(|n| *n == id) {
-            let cycle: Vec<_> = self.evaluating[pos..]
-                .iter()
-                .chain(std::iter::once(&id))
-                .cloned()
-                .collect();
-            let what = if cycle.iter().any(|n| n.starts_with("data.")) {
-                "data blocks and locals"
-            } else {
-                "locals"
-            };
-            return Err(Diagnostic::error(format!(
-                "{what} refer to each other in a cycle: {}",
-                cycle.join(" -> ")
-            ))
-            .at(span, "this reference closes the cycle")
-            .also(&attr.name_span, "defined here"));
+        if let Some(cycle) = self.cycle_through(&id, span, &attr.name_span) {
+            return Err(cycle);
         }
         self.evaluating.push(id);
         let result = self.eval(&attr.expr, &attr.span);
