@@ -50,18 +50,7 @@ pub struct Fetched {
 pub fn shown_url(url: &Text) -> String {
     match url {
         Text::Plain(url) => crate::url::shown(url),
-        Text::Secret(secret) => {
-            let shown = crate::url::shown(secret.reveal());
-            if secret
-                .parts()
-                .iter()
-                .any(|p| !p.is_empty() && shown.contains(p.as_str()))
-            {
-                secret.to_string()
-            } else {
-                shown
-            }
-        }
+        Text::Secret(secret) => secret.shown_url().unwrap_or_else(|| secret.to_string()),
     }
 }
 

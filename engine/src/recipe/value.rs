@@ -65,6 +65,17 @@ impl Secret {
     pub fn reveal(&self) -> &str {
         &self.value
     }
+
+    /// This secret as a URL that may be shown: without its credentials, when what is left holds
+    /// none of its secret parts; `None` when it does, and only its identity may be shown.
+    pub fn shown_url(&self) -> Option<String> {
+        let shown = crate::url::shown(&self.value);
+        let leaks = self
+            .parts
+            .iter()
+            .any(|p| !p.is_empty() && shown.contains(p.as_str()));
+        (!leaks).then_some(shown)
+    }
 }
 
 impl fmt::Debug for Secret {

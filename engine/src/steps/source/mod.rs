@@ -98,22 +98,14 @@ impl SourceStep {
     fn shown_url(&self) -> serde_json::Value {
         match &self.block.git {
             Text::Plain(url) => json!(crate::url::shown(url)),
-            Text::Secret(secret) => {
-                let shown = crate::url::shown(secret.reveal());
-                if secret.parts().iter().any(|p| shown.contains(p.as_str())) {
-                    json!(secret)
-                } else {
-                    json!(shown)
-                }
-            }
+            Text::Secret(secret) => secret
+                .shown_url()
+                .map_or_else(|| json!(secret), |s| json!(s)),
         }
     }
 
     fn shown_url_text(&self) -> String {
-        match self.shown_url() {
-            serde_json::Value::String(s) => s,
-            _ => self.block.git.to_string(),
-        }
+        crate::recipe::shown_url(&self.block.git)
     }
 
     /// Attach a diagnostic to the value of `attribute`, unless the recipe text there would
