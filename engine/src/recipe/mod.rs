@@ -16,7 +16,6 @@ pub mod template;
 mod value;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -689,8 +688,10 @@ fn instantiate(
     };
     let mut stack = inputs.stack.clone();
     stack.push(canonical);
-    // A problem in the module's text is the same in every instance: reported once.
-    let mut reported: HashSet<(String, PathBuf, Option<Range<usize>>)> = HashSet::new();
+    // The module's files are read and parsed once; every instance evaluates the same text, so
+    // a problem in it is the same in every instance, and reported once.
+    let body = parse_files(&files, &mut recipe.sources, diagnostics);
+    let mut reported: HashSet<(String, Option<Span>)> = HashSet::new();
     for (instance, each) in instances {
         scope.each = each;
         let mut values = BTreeMap::new();
@@ -714,7 +715,6 @@ fn instantiate(
             continue;
         }
         let mut found = Vec::new();
-        let body = parse_files(&files, &mut recipe.sources, &mut found);
         let sources = recipe.sources.clone();
         let module_inputs = Inputs {
             values: Some(values),
@@ -729,7 +729,7 @@ fn instantiate(
             &folder,
             &folder,
             &sources,
-            body,
+            body.clone(),
             &child_options,
             &module_inputs,
             &mut found,
@@ -742,19 +742,8 @@ fn instantiate(
             });
         }
         for d in found {
-            let place = d.subject.as_ref().map(|(span, _)| {
-                let file = recipe
-                    .sources
-                    .files()
-                    .get(span.file)
-                    .map(|f| f.path.clone());
-                (file.unwrap_or_default(), span.range.clone())
-            });
-            let (file, range) = match place {
-                Some((file, range)) => (file, Some(range)),
-                None => (PathBuf::new(), None),
-            };
-            if reported.insert((d.summary.clone(), file, range)) {
+            let subject = d.subject.as_ref().map(|(span, _)| span.clone());
+            if reported.insert((d.summary.clone(), subject)) {
                 diagnostics.push(d);
             }
         }
