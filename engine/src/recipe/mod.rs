@@ -1199,9 +1199,9 @@ fn validate(recipe: &Recipe, ids: &[String], diagnostics: &mut Vec<Diagnostic>) 
                     .at(&span, "no such step")
                     .help_opt(did_you_mean(target, ids.iter().map(String::as_str))),
                 );
-            } else if !SINGLE_STEP_BLOCKS
-                .iter()
-                .any(|kind| target.starts_with(&format!("{kind}.")))
+            } else if !target
+                .split_once('.')
+                .is_some_and(|(kind, _)| SINGLE_STEP_BLOCKS.contains(&kind))
             {
                 diagnostics.push(
                     Diagnostic::error(format!("`after` names a block of one step, not `{target}`"))
