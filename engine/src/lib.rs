@@ -9,6 +9,7 @@
 //!   typed [`Recipe`], reporting [`Diagnostics`] with spans;
 //! * [`plan`]: compile a recipe into a DAG of steps, each with a key, and compare with the store;
 //! * [`store`]: content-addressed step outputs and action records;
+//! * [`remote`]: the same on an S3-compatible object store, shared by builders, signed;
 //! * [`exec`]: run a plan, in parallel, with cancellation, emitting [`Event`]s.
 //!
 //! The library never prints: callers receive events and diagnostics and render them.
@@ -25,6 +26,7 @@ pub mod hash;
 pub mod http;
 pub mod plan;
 pub mod recipe;
+pub mod remote;
 pub mod steps;
 pub mod store;
 pub mod url;

@@ -227,7 +227,11 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        let kept = self.kept_keys(keep, keep_last, &records)?;
+        let kept = kept_keys(
+            keep,
+            keep_last,
+            records.iter().filter_map(|(_, record)| record.as_ref()),
+        );
         let mut live_trees = BTreeSet::new();
         let mut live_blobs = BTreeSet::new();
         for (path, record) in &records {
@@ -289,26 +293,26 @@ impl Store {
         }
         Ok(report)
     }
+}
 
-    /// The keys of the records gc keeps.
-    fn kept_keys(
-        &self,
-        keep: &BTreeSet<Digest>,
-        keep_last: usize,
-        records: &[(PathBuf, Option<ActionRecord>)],
-    ) -> Result<BTreeSet<Digest>, StoreError> {
-        let mut kept = keep.clone();
-        let mut by_step: BTreeMap<(&str, &str), Vec<&ActionRecord>> = BTreeMap::new();
-        for record in records.iter().filter_map(|(_, record)| record.as_ref()) {
-            by_step
-                .entry((&record.namespace, &record.step_id))
-                .or_default()
-                .push(record);
-        }
-        for runs in by_step.values_mut() {
-            runs.sort_by(|a, b| b.finished.cmp(&a.finished).then(a.key.cmp(&b.key)));
-            kept.extend(runs.iter().take(keep_last).map(|record| record.key));
-        }
-        Ok(kept)
+/// The keys of the records gc keeps: those in `keep`, and the `keep_last` most recent (by
+/// `finished`) of each step of each recipe namespace. The remote store's gc keeps the same.
+pub fn kept_keys<'a>(
+    keep: &BTreeSet<Digest>,
+    keep_last: usize,
+    records: impl IntoIterator<Item = &'a ActionRecord>,
+) -> BTreeSet<Digest> {
+    let mut kept = keep.clone();
+    let mut by_step: BTreeMap<(&str, &str), Vec<&ActionRecord>> = BTreeMap::new();
+    for record in records {
+        by_step
+            .entry((&record.namespace, &record.step_id))
+            .or_default()
+            .push(record);
     }
+    for runs in by_step.values_mut() {
+        runs.sort_by(|a, b| b.finished.cmp(&a.finished).then(a.key.cmp(&b.key)));
+        kept.extend(runs.iter().take(keep_last).map(|record| record.key));
+    }
+    kept
 }

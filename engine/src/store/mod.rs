@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::Digest;
 
+pub use maintain::kept_keys;
 pub use tree::tree_digest;
 
 /// The layout version this code reads and writes.
