@@ -52,6 +52,28 @@ pub enum Event {
     },
     /// Ctrl-C or SIGTERM: running steps are being stopped.
     Cancelling,
+    /// A step's output was downloaded from the remote store.
+    StepFetched {
+        id: String,
+        duration: Duration,
+        output: Digest,
+    },
+    /// The remote store's copy of a step's output could not be used: it is built instead.
+    RemoteUnusable {
+        id: String,
+        error: String,
+    },
+    /// A step's output and record were uploaded to the remote store.
+    StepPushed {
+        id: String,
+        bytes: u64,
+        duration: Duration,
+    },
+    /// Uploading a step to the remote store failed; the local build is unaffected.
+    PushFailed {
+        id: String,
+        error: String,
+    },
 }
 
 /// Receives events; called from several tasks, so it must be `Sync`.

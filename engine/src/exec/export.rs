@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::ApplyReport;
 use crate::hash::Digest;
 use crate::plan::Plan;
+use crate::remote::Remote;
 use crate::store::Store;
 
 /// The name of the file, in an output step's tree, holding SHA-256 digests of its artifacts.
@@ -110,6 +111,7 @@ pub fn export(
     dir: &Path,
     variables: BTreeMap<String, serde_json::Value>,
     libvirt_uri: Option<&str>,
+    remote: Option<&Remote>,
 ) -> Result<Option<ExportReport>, ExportError> {
     let artifact_steps: Vec<_> = plan.steps.iter().filter(|s| s.step.artifacts()).collect();
     if artifact_steps.is_empty() {
@@ -218,12 +220,12 @@ pub fn export(
                 inputs: s.resolved.inputs.clone(),
                 tools: s.resolved.tools.clone(),
                 report: report.outputs.get(&s.id).and_then(|output| {
-                    let path = store.tree_path(output).join(STEP_REPORT);
-                    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+                    let bytes = tree_file(store, remote, output, STEP_REPORT)?;
+                    serde_json::from_slice(&bytes).ok()
                 }),
             })
             .collect(),
-        packages: packages(plan, report, store),
+        packages: packages(plan, report, store, remote),
         artifacts,
     };
     let manifest_path = dir.join("manifest.json");
@@ -238,12 +240,18 @@ pub fn export(
 }
 
 /// The package list the disk step recorded, if the plan has one.
-fn packages(plan: &Plan, report: &ApplyReport, store: &Store) -> BTreeMap<String, String> {
+fn packages(
+    plan: &Plan,
+    report: &ApplyReport,
+    store: &Store,
+    remote: Option<&Remote>,
+) -> BTreeMap<String, String> {
     plan.steps
         .iter()
         .filter(|s| s.kind == "disk")
         .filter_map(|s| report.outputs.get(&s.id))
-        .filter_map(|d| std::fs::read_to_string(store.tree_path(d).join("packages.txt")).ok())
+        .filter_map(|d| tree_file(store, remote, d, "packages.txt"))
+        .filter_map(|bytes| String::from_utf8(bytes).ok())
         .flat_map(|text| {
             text.lines()
                 .filter_map(|l| {
@@ -253,6 +261,14 @@ fn packages(plan: &Plan, report: &ApplyReport, store: &Store) -> BTreeMap<String
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// A top-level file of output `tree`: from the local store, or, for an output that stayed in
+/// the remote store, from the entry that carries its small files.
+fn tree_file(store: &Store, remote: Option<&Remote>, tree: &Digest, name: &str) -> Option<Vec<u8>> {
+    std::fs::read(store.tree_path(tree).join(name))
+        .ok()
+        .or_else(|| remote?.entry_file(tree, name))
 }
 
 /// Copy a file keeping holes, by reflink where possible, replacing what is at `to`.

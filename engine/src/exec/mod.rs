@@ -5,6 +5,12 @@
 //! produced identical bytes is found cached (early cutoff). A failed step stops its dependents;
 //! without `keep_going` nothing new starts after a failure, with it independent branches go on.
 //! Cancellation (Ctrl-C) kills running commands and commits nothing partial.
+//!
+//! With a remote store, a step the local store misses is looked up there; its output is
+//! downloaded only when something needs the bytes (a dependent that runs, an artifact), and a
+//! copy that fails its checks is rebuilt. Every step whose output is local is then uploaded
+//! (unless the remote has it), in the background, a few at a time; apply waits for the uploads
+//! and reports their failures without failing the build.
 
 pub mod export;
 
@@ -19,8 +25,12 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{Event, Observer};
 use crate::hash::Digest;
 use crate::plan::{Action, KeyInputs, Plan};
+use crate::remote::{Pushed, Remote};
 use crate::steps::{RunContext, StepError};
-use crate::store::{ActionRecord, Store, StoreError};
+use crate::store::{describe, ActionRecord, Store, StoreError};
+
+/// Uploads to the remote store at once (each is itself a multipart upload in parallel parts).
+const PUSHES_AT_ONCE: usize = 2;
 
 /// How many of a failed step's last log lines are shown with the failure.
 const FAILURE_TAIL_LINES: usize = 20;
@@ -32,6 +42,8 @@ pub struct ApplyOptions {
     pub keep_going: bool,
     /// Cancelled on Ctrl-C or SIGTERM.
     pub cancel: CancellationToken,
+    /// A remote store behind the local one.
+    pub remote: Option<Arc<Remote>>,
 }
 
 /// How an apply ended.
@@ -103,6 +115,17 @@ pub async fn apply(
         .filter(|&i| waiting_on[i] == 0)
         .collect();
     ready.reverse(); // pop() takes them in plan order
+                     // A step's output bytes are needed where it is an artifact or a dependent will run.
+    let needs_bytes: Vec<bool> = (0..plan.steps.len())
+        .map(|i| {
+            plan.steps[i].step.artifacts()
+                || dependents[i]
+                    .iter()
+                    .any(|&d| plan.steps[d].action == Action::Run)
+        })
+        .collect();
+    let mut pushes: JoinSet<()> = JoinSet::new();
+    let push_slots = Arc::new(tokio::sync::Semaphore::new(PUSHES_AT_ONCE));
     let mut report = ApplyReport::default();
     let mut outputs: HashMap<usize, Digest> = HashMap::new();
     let mut finished: HashSet<usize> = HashSet::new();
@@ -120,9 +143,21 @@ pub async fn apply(
                 .map(|d| (d.clone(), outputs[&position[d.as_str()]]))
                 .collect();
             let inputs = KeyInputs::new(planned.step.as_ref(), &planned.resolved, upstream.clone());
-            // What the plan found cached is still cached: no store access, no task.
+            // What the plan found cached is still cached: no store access, no task (unless
+            // the output is only in the remote store and its bytes are needed).
             if let (Some(record), Action::Cached) = (&planned.record, planned.action) {
-                if Some(inputs.key()) == planned.key {
+                if Some(inputs.key()) == planned.key && !(planned.remote && needs_bytes[i]) {
+                    if !planned.remote {
+                        push(
+                            &options.remote,
+                            store,
+                            &observer,
+                            &push_slots,
+                            &mut pushes,
+                            &planned.id,
+                            record.key,
+                        );
+                    }
                     observer.event(&Event::StepCached {
                         id: planned.id.clone(),
                         cutoff: false,
@@ -145,11 +180,14 @@ pub async fn apply(
                     .iter()
                     .map(|(id, d)| (id.clone(), store.tree_path(d)))
                     .collect(),
+                upstream,
                 expected_run: planned.action == Action::Run,
                 namespace: plan.namespace.clone(),
                 recipe_dir: plan.recipe_dir.clone(),
                 redact: planned.redact.clone(),
                 cancel: step_cancel.clone(),
+                remote: options.remote.clone(),
+                needs_bytes: needs_bytes[i],
             };
             running.spawn(async move { (i, task.run().await) });
         }
@@ -174,6 +212,17 @@ pub async fn apply(
         let id = plan.steps[i].id.clone();
         match outcome {
             Outcome::Cached(key, digest) | Outcome::Ran(key, digest) => {
+                if store.has_tree(&digest) {
+                    push(
+                        &options.remote,
+                        store,
+                        &observer,
+                        &push_slots,
+                        &mut pushes,
+                        &id,
+                        key,
+                    );
+                }
                 report.keys.insert(id.clone(), key);
                 if matches!(outcome, Outcome::Cached(..)) {
                     report.cached.push(id.clone());
@@ -205,6 +254,12 @@ pub async fn apply(
             }
         }
     }
+    // Uploads finish before apply returns, unless it was stopped: a stopped upload leaves
+    // nothing a reader would trust (its entry is written last).
+    if report.cancelled {
+        pushes.abort_all();
+    }
+    while pushes.join_next().await.is_some() {}
     for (i, step) in plan.steps.iter().enumerate() {
         if !finished.contains(&i) {
             let because = if report.cancelled {
@@ -220,6 +275,53 @@ pub async fn apply(
         }
     }
     Ok(report)
+}
+
+/// Upload the step with `key` to the remote store in the background, if there is one that
+/// takes uploads and the local store has the step's record.
+fn push(
+    remote: &Option<Arc<Remote>>,
+    store: &Store,
+    observer: &Arc<dyn Observer>,
+    slots: &Arc<tokio::sync::Semaphore>,
+    pushes: &mut JoinSet<()>,
+    id: &str,
+    key: Digest,
+) {
+    let Some(remote) = remote.as_ref().filter(|r| r.pushes()).cloned() else {
+        return;
+    };
+    let Ok(Some(record)) = store.get_action(&key) else {
+        return;
+    };
+    let (store, observer, slots, id) = (
+        store.clone(),
+        observer.clone(),
+        slots.clone(),
+        id.to_string(),
+    );
+    pushes.spawn(async move {
+        let _slot = slots
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let clock = Instant::now();
+        match remote.push(&store, &record).await {
+            Ok(Pushed::Uploaded { bytes }) => observer.event(&Event::StepPushed {
+                id,
+                bytes,
+                duration: clock.elapsed(),
+            }),
+            Ok(Pushed::Already) => {}
+            Err(error) => {
+                remote.note_failure(&error);
+                observer.event(&Event::PushFailed {
+                    id,
+                    error: describe(&error),
+                });
+            }
+        }
+    });
 }
 
 /// Mark step `i` done for its dependents; those with nothing left to wait for become ready,
@@ -269,11 +371,16 @@ struct StepTask {
     step: Arc<dyn crate::steps::Step>,
     inputs: KeyInputs,
     upstream_paths: BTreeMap<String, PathBuf>,
+    /// Upstream outputs by step id.
+    upstream: BTreeMap<String, Digest>,
     expected_run: bool,
     namespace: String,
     recipe_dir: PathBuf,
     redact: Arc<Vec<String>>,
     cancel: CancellationToken,
+    remote: Option<Arc<Remote>>,
+    /// Whether the output's bytes must be local (a remote hit is then downloaded).
+    needs_bytes: bool,
 }
 
 impl StepTask {
@@ -304,6 +411,9 @@ impl StepTask {
             });
             return Ok(Outcome::Cached(key, record.output));
         }
+        if let Some(outcome) = self.look_in_remote(&key).await? {
+            return Ok(outcome);
+        }
         // One builder per key: another apply on this store may be building it right now.
         let store = self.store.clone();
         let lock = tokio::task::spawn_blocking(move || store.lock_key(&key))
@@ -315,6 +425,7 @@ impl StepTask {
                 .event(&Event::StepCached { id, cutoff: false });
             return Ok(Outcome::Cached(key, record.output));
         }
+        self.fetch_upstream().await?;
         let staging = self.store.stage()?;
         self.observer.event(&Event::StepStarted {
             id: id.clone(),
@@ -404,6 +515,67 @@ impl StepTask {
             output,
         });
         Ok(Outcome::Ran(key, output))
+    }
+
+    /// The step found in the remote store: cached, downloaded first if its bytes are needed.
+    /// A copy that cannot be used (corrupt, unreachable) is reported and the step is built.
+    async fn look_in_remote(&self, key: &Digest) -> Result<Option<Outcome>, StoreError> {
+        let Some(remote) = &self.remote else {
+            return Ok(None);
+        };
+        let id = self.step.id().to_string();
+        let entry = match remote.lookup(key).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Ok(None),
+            Err(error) => {
+                remote.note_failure(&error);
+                return Ok(None);
+            }
+        };
+        let output = entry.record.output;
+        if self.needs_bytes {
+            let clock = Instant::now();
+            if let Err(error) = remote.fetch(&self.store, &output).await {
+                remote.note_failure(&error);
+                self.observer.event(&Event::RemoteUnusable {
+                    id,
+                    error: describe(&error),
+                });
+                return Ok(None);
+            }
+            self.observer.event(&Event::StepFetched {
+                id: id.clone(),
+                duration: clock.elapsed(),
+                output,
+            });
+        }
+        self.record_ref(&entry.record)?;
+        self.observer.event(&Event::StepCached {
+            id,
+            cutoff: self.expected_run,
+        });
+        Ok(Some(Outcome::Cached(*key, output)))
+    }
+
+    /// Download the upstream outputs that are only in the remote store.
+    async fn fetch_upstream(&self) -> Result<(), StoreError> {
+        for (upstream, digest) in &self.upstream {
+            if self.store.has_tree(digest) {
+                continue;
+            }
+            let fetched = match &self.remote {
+                Some(remote) => remote.fetch(&self.store, digest).await,
+                None => continue,
+            };
+            if let Err(error) = fetched {
+                return Err(StoreError::io(
+                    "download the output of",
+                    std::path::Path::new(upstream),
+                    std::io::Error::other(describe(&error)),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Point the step's ref at `record` if it does not already.

@@ -19,6 +19,7 @@ pub use key::{changes, Change, KeyInputs};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::hash::Digest;
 use crate::recipe::{Fetched, Recipe};
+use crate::remote::Remote;
 use crate::steps::{ResolveContext, Resolved, Step};
 use crate::store::{ActionRecord, Store, StoreError};
 
@@ -93,6 +94,8 @@ pub struct PlannedStep {
     pub reason: Option<Reason>,
     /// The record the key matched, for cached steps.
     pub record: Option<ActionRecord>,
+    /// The record is the remote store's: the output is there, not (yet) in the local store.
+    pub remote: bool,
     /// Secret values the step handles, to blank out of its log.
     pub redact: Arc<Vec<String>>,
     /// An earlier step of the plan that is this very step (same kind, own inputs and upstream
@@ -161,6 +164,16 @@ fn topological_order(graph: &DiGraph<String, ()>) -> Result<Vec<NodeIndex>, Node
 impl Plan {
     /// Compile, resolve and compare with the store.
     pub fn build(recipe: &Recipe, store: &Store) -> Result<Plan, PlanError> {
+        Plan::build_with_remote(recipe, store, None)
+    }
+
+    /// [`Plan::build`], also looking in a remote store for what the local store misses. A
+    /// remote that cannot be reached is a miss: its failures are noted on it.
+    pub fn build_with_remote(
+        recipe: &Recipe,
+        store: &Store,
+        remote: Option<&Remote>,
+    ) -> Result<Plan, PlanError> {
         let compiled = compile::compile(recipe)?;
         let namespace = Store::namespace(&recipe.path);
         let mut graph: DiGraph<String, ()> = DiGraph::new();
@@ -234,12 +247,21 @@ impl Plan {
                     .and_then(|r| serde_json::from_value(r.key_inputs.clone()).ok());
                 Ok((last, inputs))
             };
+            let mut from_remote = false;
             let (key, action, reason, record) = if let Some(why) = step.always_runs() {
                 let key = pending.is_empty().then(|| inputs.key());
                 (key, Action::Run, Some(Reason::AlwaysRuns(why)), None)
             } else if pending.is_empty() {
                 let key = inputs.key();
-                match store.get_action(&key)? {
+                let found = match store.get_action(&key)? {
+                    Some(record) => Some(record),
+                    None => remote.and_then(|remote| {
+                        let entry = remote.lookup_or_note(&key)?;
+                        from_remote = true;
+                        Some(entry.record)
+                    }),
+                };
+                match found {
                     Some(record) => (Some(key), Action::Cached, None, Some(record)),
                     None => {
                         let (last, last_inputs) = last_build()?;
@@ -307,6 +329,7 @@ impl Plan {
                 action,
                 reason,
                 record,
+                remote: from_remote,
                 redact: Arc::new(redact),
                 same_as,
             });
@@ -393,6 +416,7 @@ impl Plan {
                     key: s.key,
                     own_digest: s.own_digest,
                     action: s.action,
+                    remote: s.remote,
                     reason: s.reason.as_ref().map(|r| r.to_string()),
                     changes: match &s.reason {
                         Some(Reason::Changed(c)) => c.clone(),
@@ -433,6 +457,9 @@ pub struct StepSummary {
     /// Digest of the step's own inputs (everything but upstream outputs).
     pub own_digest: Digest,
     pub action: Action,
+    /// Cached in the remote store (not in the local one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
     pub reason: Option<String>,
     #[serde(default, skip_deserializing)]
     pub changes: Vec<Change>,
