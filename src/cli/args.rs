@@ -16,8 +16,37 @@ pub struct Args {
     #[arg(long, global = true, env = "VMBUILD_STORE", value_name = "DIR")]
     pub store: Option<PathBuf>,
 
+    /// The configuration file (its `[remote]` table) [default: ~/.config/vmbuild/config.toml]
+    #[arg(long, global = true, env = "VMBUILD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Never upload to the remote store, only read from it (a plan of an untrusted change)
+    #[arg(long, global = true, env = "VMBUILD_NO_PUSH")]
+    pub no_push: bool,
+
+    /// The key that signs what this builder uploads [default: the configuration's signing_key]
+    #[arg(long, global = true, env = "VMBUILD_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+
+    /// Trust remote records signed by this key, besides the configuration's trusted_keys
+    /// (repeatable)
+    #[arg(long = "trusted-key", global = true, value_name = "NAME:KEY")]
+    pub trusted_keys: Vec<String>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, clap::Args, Clone)]
+pub struct RemoteArgs {
+    /// A remote store shared with other builders, behind the local one
+    /// [default: the configuration's remote.url]
+    #[arg(
+        long,
+        env = "VMBUILD_REMOTE",
+        value_name = "s3://BUCKET/PREFIX?endpoint=URL&region=R"
+    )]
+    pub remote: Option<String>,
 }
 
 #[derive(Debug, clap::Args, Clone)]
@@ -53,6 +82,8 @@ pub enum Command {
         recipe: PathBuf,
         #[command(flatten)]
         vars: VarArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
         #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
         format: PlanFormat,
         /// Save the plan, for `vmbuild apply PLANFILE`
@@ -71,6 +102,8 @@ pub enum Command {
         recipe: PathBuf,
         #[command(flatten)]
         vars: VarArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// Only this step and what it depends on (repeatable), such as `database.toxo.dump`
         #[arg(long = "target", value_name = "STEP")]
         targets: Vec<String>,
@@ -105,6 +138,8 @@ pub enum Command {
         recipe: PathBuf,
         #[command(flatten)]
         vars: VarArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Print the log of a step's latest run
     Log {
@@ -128,6 +163,11 @@ pub enum Command {
         #[arg(long)]
         no_log: bool,
     },
+    /// Make and show the keys that sign records for a remote store
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Inspect the store
     Store {
         #[command(subcommand)]
@@ -140,6 +180,14 @@ pub enum Command {
         /// Also keep the N most recent builds of each step
         #[arg(long, default_value_t = 0, value_name = "N")]
         keep_last: usize,
+        /// Collect the remote store's garbage instead (VMBUILD_REMOTE or the configuration's
+        /// remote.url), with the same keep rules
+        #[arg(long)]
+        remote: bool,
+        /// With --remote: never remove what is younger than this (builders uploading meanwhile
+        /// write their objects before their records)
+        #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
+        grace: std::time::Duration,
         #[command(flatten)]
         vars: VarArgs,
     },
@@ -152,9 +200,54 @@ pub enum StoreCommand {
         /// Remove what is corrupt, so later runs rebuild it
         #[arg(long)]
         repair: bool,
+        /// Verify the remote store instead (VMBUILD_REMOTE or the configuration's remote.url):
+        /// rehash every object against the signed record or the name that vouches for it
+        #[arg(long)]
+        remote: bool,
     },
     /// Print where the store is
     Path,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Make a signing key; prints its public half, for other builders' trusted_keys
+    Generate {
+        /// The key's name, shown with its signatures (such as `ci-1` or `alice-laptop`)
+        name: String,
+        /// Where to write the secret key (a new file, mode 0600)
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the public half of a signing key
+    Public {
+        /// The secret key file
+        file: PathBuf,
+    },
+}
+
+/// `30s`, `15m`, `1h`, `2d` or a number of seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|at| text.split_at(at))
+        .unwrap_or((text, "s"));
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 30s, 15m, 1h or 2d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a duration such as 30s, 15m, 1h or 2d"
+            ))
+        }
+    };
+    Ok(std::time::Duration::from_secs(number * seconds))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

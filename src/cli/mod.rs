@@ -6,6 +6,7 @@ mod args;
 mod diagnostics;
 mod diff;
 mod progress;
+mod remote;
 mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +22,8 @@ use engine::recipe::{LoadOptions, Recipe};
 use engine::store::Store;
 use tokio_util::sync::CancellationToken;
 
-use args::{Args, Command, DiffFormat, GraphFormat, PlanFormat, StoreCommand, VarArgs};
+use args::{Args, Command, DiffFormat, GraphFormat, KeyCommand, PlanFormat, StoreCommand, VarArgs};
+use engine::remote::Remote;
 
 /// Whether to color output: a terminal, and no `NO_COLOR`.
 pub fn color_enabled() -> bool {
@@ -92,7 +94,12 @@ fn load_with(recipe: &Path, vars: &VarArgs, fetch_data: bool) -> Result<Recipe, 
 }
 
 fn plan(recipe: &Recipe, store: &Store) -> Result<Plan, Failure> {
-    Plan::build(recipe, store).map_err(|e| match e {
+    plan_with(recipe, store, None)
+}
+
+/// The plan of `recipe`, with a remote store behind the local one if there is one.
+fn plan_with(recipe: &Recipe, store: &Store, remote: Option<&Remote>) -> Result<Plan, Failure> {
+    Plan::build_with_remote(recipe, store, remote).map_err(|e| match e {
         PlanError::Recipe(d) => {
             eprint!("{}", diagnostics::render(&d));
             Failure::Reported
@@ -102,8 +109,13 @@ fn plan(recipe: &Recipe, store: &Store) -> Result<Plan, Failure> {
 }
 
 /// The plan of `recipe`, only `targets` and what they depend on when there are any.
-fn plan_targets(recipe: &Recipe, store: &Store, targets: &[String]) -> Result<Plan, Failure> {
-    let mut plan = plan(recipe, store)?;
+fn plan_targets(
+    recipe: &Recipe,
+    store: &Store,
+    remote: Option<&Remote>,
+    targets: &[String],
+) -> Result<Plan, Failure> {
+    let mut plan = plan_with(recipe, store, remote)?;
     plan.retain_targets(targets).map_err(|unknown| {
         let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
         let hint = engine::diag::did_you_mean(&unknown, ids.iter().copied()).unwrap_or_default();
@@ -159,10 +171,15 @@ fn run(args: Args) -> Outcome {
             out,
             detailed_exitcode,
             targets,
+            remote,
         } => {
             let store = store_at(&args)?;
             let loaded = load(recipe, vars)?;
-            let plan = plan_targets(&loaded, &store, targets)?;
+            let remote = remote::open(&args, remote.remote.as_deref())?;
+            let plan = plan_targets(&loaded, &store, remote.as_deref(), targets)?;
+            if let Some(remote) = &remote {
+                remote::print_notes(remote);
+            }
             let summary = plan.summary(plain_variables(&loaded));
             let text = match format {
                 PlanFormat::Text => render::plan_text(&summary),
@@ -194,8 +211,10 @@ fn run(args: Args) -> Outcome {
             keep_going,
             output,
             libvirt_uri,
+            remote,
         } => {
             let store = store_at(&args)?;
+            let remote = remote::open(&args, remote.remote.as_deref())?;
             let (loaded, saved) = match read_plan_file(recipe) {
                 Some(saved) => {
                     let saved = saved?;
@@ -217,7 +236,7 @@ fn run(args: Args) -> Outcome {
                 }
                 None => (load(recipe, vars)?, None),
             };
-            let plan = plan_targets(&loaded, &store, targets)?;
+            let plan = plan_targets(&loaded, &store, remote.as_deref(), targets)?;
             if let Some(saved) = saved {
                 let now = plan.summary(plain_variables(&loaded));
                 if let Some(why) = saved.staleness(&now) {
@@ -230,15 +249,26 @@ fn run(args: Args) -> Outcome {
                 }
             }
             let output = output.clone().unwrap_or_else(|| loaded.dir.join("output"));
-            apply(
+            if let Some(remote) = remote.as_ref().filter(|r| !r.can_sign() && !args.no_push) {
+                eprintln!(
+                    "note: no signing key, so nothing is uploaded to the remote store {} (set VMBUILD_SIGNING_KEY, or signing_key in the configuration's [remote] table)",
+                    remote.location()
+                );
+            }
+            let outcome = apply(
                 &plan,
                 &store,
+                remote.clone(),
                 jobs.unwrap_or_else(default_jobs),
                 *keep_going,
                 &output,
                 plain_variables(&loaded),
                 libvirt_uri.as_deref(),
-            )
+            );
+            if let Some(remote) = &remote {
+                remote::print_notes(remote);
+            }
+            outcome
         }
         Command::Graph {
             recipe,
@@ -257,10 +287,16 @@ fn run(args: Args) -> Outcome {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Show { step, recipe, vars } => {
+        Command::Show {
+            step,
+            recipe,
+            vars,
+            remote,
+        } => {
             let store = store_at(&args)?;
             let loaded = load(recipe, vars)?;
-            let plan = plan(&loaded, &store)?;
+            let remote = remote::open(&args, remote.remote.as_deref())?;
+            let plan = plan_with(&loaded, &store, remote.as_deref())?;
             show(&plan, &store, step)
         }
         Command::Log { step, recipe } => {
@@ -286,7 +322,43 @@ fn run(args: Args) -> Outcome {
                     println!("{}", store.root().display());
                     Ok(ExitCode::SUCCESS)
                 }
-                StoreCommand::Verify { repair } => {
+                StoreCommand::Verify {
+                    repair,
+                    remote: true,
+                } => {
+                    let remote = remote::required(&args, "store verify")?;
+                    let report = remote.block_on(remote.verify(*repair))?;
+                    for problem in &report.problems {
+                        println!("{}: {}", problem.object, problem.what);
+                    }
+                    for untrusted in &report.untrusted {
+                        println!("{}: not checked: {}", untrusted.object, untrusted.what);
+                    }
+                    println!(
+                        "checked {} records, {} trees, {} blobs ({}) in {}: {} problem{}{}",
+                        report.entries,
+                        report.trees,
+                        report.blobs,
+                        human_bytes(report.bytes),
+                        remote.location(),
+                        report.problems.len(),
+                        if report.problems.len() == 1 { "" } else { "s" },
+                        if report.removed > 0 {
+                            format!(" ({} objects removed)", report.removed)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    Ok(if report.problems.is_empty() || *repair {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
+                StoreCommand::Verify {
+                    repair,
+                    remote: false,
+                } => {
                     let report = store.verify(*repair)?;
                     for problem in &report.problems {
                         println!("{}: {}", problem.path.display(), problem.what);
@@ -312,6 +384,17 @@ fn run(args: Args) -> Outcome {
                 }
             }
         }
+        Command::Key { command } => match command {
+            KeyCommand::Generate { name, out } => {
+                remote::generate_key(name, out)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            KeyCommand::Public { file } => {
+                let key = engine::remote::SigningKey::read(file)?;
+                println!("{}", key.public());
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Diff {
             before,
             after,
@@ -343,6 +426,37 @@ fn run(args: Args) -> Outcome {
             recipes,
             keep_last,
             vars,
+            remote: true,
+            grace,
+        } => {
+            let store = store_at(&args)?;
+            let remote = remote::required(&args, "gc")?;
+            let mut keep = BTreeSet::new();
+            for recipe in recipes {
+                let loaded = load(recipe, vars)?;
+                let plan = plan_with(&loaded, &store, Some(&remote))?;
+                keep.extend(plan.steps.iter().filter_map(|s| s.key));
+            }
+            let report = remote.block_on(remote.gc(&keep, *keep_last, *grace))?;
+            println!(
+                "removed {} records, {} trees, {} blobs ({}) from {}; kept {} records, and {} objects younger than {}s",
+                report.entries_removed,
+                report.trees_removed,
+                report.blobs_removed,
+                human_bytes(report.bytes_freed),
+                remote.location(),
+                report.entries_kept,
+                report.young_kept,
+                grace.as_secs()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gc {
+            recipes,
+            keep_last,
+            vars,
+            remote: false,
+            ..
         } => {
             let store = store_at(&args)?;
             let mut keep = BTreeSet::new();
@@ -392,9 +506,11 @@ fn read_plan_file(path: &Path) -> Option<Result<PlanSummary, Failure>> {
     }))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply(
     plan: &Plan,
     store: &Store,
+    remote: Option<Arc<Remote>>,
     jobs: usize,
     keep_going: bool,
     output: &Path,
@@ -419,6 +535,7 @@ fn apply(
             jobs,
             keep_going,
             cancel,
+            remote: remote.clone(),
         };
         let report = exec::apply(plan, store, &options, progress.clone()).await;
         progress.finish();
@@ -444,7 +561,7 @@ fn apply(
             return Err(Failure::Reported);
         }
         eprintln!("Apply complete: {} ran, {} cached.", report.ran.len(), report.cached.len());
-        if let Some(exported) = exec::export::export(plan, &report, store, output, variables, libvirt_uri)? {
+        if let Some(exported) = exec::export::export(plan, &report, store, output, variables, libvirt_uri, remote.as_deref())? {
             let mut files = exported.copied.clone();
             files.extend(exported.unchanged.iter().cloned());
             files.sort();
@@ -507,6 +624,20 @@ fn show(plan: &Plan, store: &Store, id: &str) -> Outcome {
         println!("  depends on:  {}", step.depends_on.join(", "));
     }
     match (&step.record, &step.reason) {
+        (Some(record), _) if step.remote => {
+            println!("  action:      cached (remote)");
+            println!("  key:         {}", record.key);
+            println!(
+                "  output:      {} (in the remote store; downloaded when something needs it)",
+                record.output
+            );
+            let took = record.finished.duration_since(record.started);
+            println!(
+                "  built:       {} in {:.1}s",
+                record.finished,
+                took.as_secs_f64()
+            );
+        }
         (Some(record), _) => {
             println!("  action:      cached");
             println!("  key:         {}", record.key);

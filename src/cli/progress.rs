@@ -128,6 +128,30 @@ impl Observer for Progress {
             Event::Cancelling => {
                 self.line("stopping: killing running steps, committing nothing partial")
             }
+            Event::StepFetched {
+                id,
+                duration,
+                output,
+            } => self.line(&format!(
+                "{id}: downloaded from the remote store in {:.1}s, output {}",
+                duration.as_secs_f64(),
+                output.short()
+            )),
+            Event::RemoteUnusable { id, error } => self.line(&format!(
+                "{id}: the remote store's copy is unusable, building it: {error}"
+            )),
+            Event::StepPushed {
+                id,
+                bytes,
+                duration,
+            } => self.line(&format!(
+                "{id}: uploaded to the remote store ({} in {:.1}s)",
+                engine::steps::human_bytes(*bytes),
+                duration.as_secs_f64()
+            )),
+            Event::PushFailed { id, error } => {
+                self.line(&format!("{id}: upload to the remote store failed: {error}"))
+            }
         }
     }
 }

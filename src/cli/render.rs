@@ -1,6 +1,6 @@
 //! Plans and graphs as text, Markdown (for a pull-request review), JSON, Graphviz and Mermaid.
 
-use engine::plan::{Action, Plan, PlanSummary};
+use engine::plan::{Action, Plan, PlanSummary, StepSummary};
 use engine::recipe::Fetched;
 
 /// One line for what a data block fetched:
@@ -17,6 +17,15 @@ fn fetched_line(fetched: &Fetched, id_width: usize) -> String {
     )
 }
 
+/// `run`, `cached`, or `cached (remote)` where the remote store has the output.
+fn action_label(step: &StepSummary) -> &'static str {
+    match (step.action, step.remote) {
+        (Action::Run, _) => "run",
+        (Action::Cached, false) => "cached",
+        (Action::Cached, true) => "cached (remote)",
+    }
+}
+
 /// The plan for people: one line a step, aligned, with the reason for every `run`.
 pub fn plan_text(summary: &PlanSummary) -> String {
     let id_width = summary.steps.iter().map(|s| s.id.len()).max().unwrap_or(0);
@@ -26,14 +35,21 @@ pub fn plan_text(summary: &PlanSummary) -> String {
         .map(|s| s.kind.len())
         .max()
         .unwrap_or(0);
+    let remote = summary.steps.iter().filter(|s| s.remote).count();
     let mut out = format!(
-        "Plan for `{}`: {} step{}, {} to run, {} cached\n\n",
+        "Plan for `{}`: {} step{}, {} to run, {} cached{}\n\n",
         summary.recipe,
         summary.steps.len(),
         if summary.steps.len() == 1 { "" } else { "s" },
         summary.run,
-        summary.cached
+        summary.cached,
+        if remote > 0 {
+            format!(" ({remote} in the remote store)")
+        } else {
+            String::new()
+        }
     );
+    let action_width = if remote > 0 { 15 } else { 6 };
     if !summary.data.is_empty() {
         let width = summary.data.iter().map(|d| d.id.len()).max().unwrap_or(0);
         out.push_str("Fetched:\n");
@@ -43,12 +59,9 @@ pub fn plan_text(summary: &PlanSummary) -> String {
         out.push('\n');
     }
     for step in &summary.steps {
-        let action = match step.action {
-            Action::Run => "run   ",
-            Action::Cached => "cached",
-        };
+        let action = action_label(step);
         let line = format!(
-            "  {action}  {:id_width$}  {:kind_width$}  {}",
+            "  {action:action_width$}  {:id_width$}  {:kind_width$}  {}",
             step.id,
             step.kind,
             step.reason.as_deref().unwrap_or("")
@@ -98,7 +111,7 @@ pub fn plan_markdown(summary: &PlanSummary) -> String {
     for step in &summary.steps {
         let action = match step.action {
             Action::Run => "**run**",
-            Action::Cached => "cached",
+            Action::Cached => action_label(step),
         };
         let why = step.reason.as_deref().unwrap_or("").replace('|', "\\|");
         out.push_str(&format!(
