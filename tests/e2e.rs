@@ -5,6 +5,8 @@
 
 use std::process::Command;
 
+use crate::remote::Builder;
+use crate::support::garage::Garage;
 use crate::support::{copy_example, exported_manifest, Project};
 
 fn enabled() -> bool {
@@ -67,6 +69,7 @@ fn the_vm_example_builds_boots_and_rebuilds_only_what_changed() {
     project
         .run(&["plan", "site.hcl", "--detailed-exitcode"])
         .code(0);
+    let project = shared_through_a_remote_store(project);
 
     // A late change: the second provisioner. Everything before it stays cached.
     let recipe = std::fs::read_to_string(project.path().join("site.hcl")).unwrap();
@@ -191,6 +194,74 @@ fn the_vm_example_builds_boots_and_rebuilds_only_what_changed() {
     } else {
         eprintln!("virt-v2v is not installed: the OVA import was not tried");
     }
+}
+
+/// Builder A (`project`, built) shares its outputs through a remote store: its next apply runs
+/// nothing and uploads everything. Builder B, with an empty store, plans every step cached
+/// (remote), applies without running a single step, and exports images with the same digests.
+/// Returns A's project, with no remote configured for what follows.
+fn shared_through_a_remote_store(project: Project) -> Project {
+    let Some(garage) = Garage::start() else {
+        return project;
+    };
+    let a = Builder::of(project, &garage, "e2e", Some("builder-a"), &[]);
+    let pushed = a.vmbuild(&["apply", "site.hcl"]).success();
+    assert!(!pushed.stderr.contains(": started"), "{}", pushed.stderr);
+    assert!(
+        pushed
+            .stderr
+            .contains("output.qcow2: uploaded to the remote store"),
+        "{}",
+        pushed.stderr
+    );
+
+    let fresh = Project::new();
+    copy_example(&fresh, "vm");
+    let b = Builder::of(
+        fresh,
+        &garage,
+        "e2e",
+        None,
+        &[a.public_key.as_deref().unwrap()],
+    );
+    let planned = b
+        .vmbuild(&["plan", "site.hcl", "--format", "json"])
+        .success();
+    let plan: serde_json::Value = serde_json::from_str(&planned.stdout).unwrap();
+    for step in plan["steps"].as_array().unwrap() {
+        assert!(
+            step["action"] == "cached" && step["remote"] == true,
+            "{}: {step}",
+            step["id"]
+        );
+    }
+    let started = std::time::Instant::now();
+    let applied = b.vmbuild(&["apply", "site.hcl"]).success();
+    eprintln!(
+        "builder B applied the example from the remote store in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(!applied.stderr.contains(": started"), "{}", applied.stderr);
+    assert!(
+        applied
+            .stderr
+            .contains("output.qcow2: downloaded from the remote store"),
+        "{}",
+        applied.stderr
+    );
+    let sums =
+        |dir: &std::path::Path| std::fs::read_to_string(dir.join("output/SHA256SUMS")).unwrap();
+    assert_eq!(sums(b.project.path()), sums(a.project.path()));
+    assert!(sums(a.project.path()).contains("web.qcow2"));
+    // The manifest records the same steps, keys and packages, from the signed records.
+    let (ma, mb) = (
+        exported_manifest(&a.project.path().join("output")),
+        exported_manifest(&b.project.path().join("output")),
+    );
+    assert_eq!(ma["packages"], mb["packages"]);
+    assert_eq!(ma["artifacts"], mb["artifacts"]);
+    b.vmbuild(&["store", "verify"]).success();
+    a.project
 }
 
 /// libvirt's daemons, started by hand (there is no init system to do it) and stopped on drop.

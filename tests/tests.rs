@@ -19,6 +19,8 @@ mod files;
 mod forbid_software;
 mod modules;
 mod parallel;
+mod remote;
+mod remote_harness;
 mod sanitize;
 mod secrets;
 mod source;
