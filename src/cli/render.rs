@@ -17,6 +17,14 @@ fn fetched_line(fetched: &Fetched, id_width: usize) -> String {
     )
 }
 
+/// ` (N in the remote store)` when plan found N steps there, else nothing.
+fn remote_hits(summary: &PlanSummary) -> String {
+    match summary.steps.iter().filter(|s| s.remote).count() {
+        0 => String::new(),
+        n => format!(" ({n} in the remote store)"),
+    }
+}
+
 /// `run`, `cached`, or `cached (remote)` where the remote store has the output.
 fn action_label(step: &StepSummary) -> &'static str {
     match (step.action, step.remote) {
@@ -35,7 +43,6 @@ pub fn plan_text(summary: &PlanSummary) -> String {
         .map(|s| s.kind.len())
         .max()
         .unwrap_or(0);
-    let remote = summary.steps.iter().filter(|s| s.remote).count();
     let mut out = format!(
         "Plan for `{}`: {} step{}, {} to run, {} cached{}\n\n",
         summary.recipe,
@@ -43,13 +50,10 @@ pub fn plan_text(summary: &PlanSummary) -> String {
         if summary.steps.len() == 1 { "" } else { "s" },
         summary.run,
         summary.cached,
-        if remote > 0 {
-            format!(" ({remote} in the remote store)")
-        } else {
-            String::new()
-        }
+        remote_hits(summary)
     );
-    let action_width = if remote > 0 { 15 } else { 6 };
+    let any_remote = summary.steps.iter().any(|s| s.remote);
+    let action_width = if any_remote { 15 } else { 6 };
     if !summary.data.is_empty() {
         let width = summary.data.iter().map(|d| d.id.len()).max().unwrap_or(0);
         out.push_str("Fetched:\n");
@@ -104,8 +108,10 @@ pub fn plan_markdown(summary: &PlanSummary) -> String {
         return out;
     }
     out.push_str(&format!(
-        "**{} to run**, {} cached.\n\n",
-        summary.run, summary.cached
+        "**{} to run**, {} cached{}.\n\n",
+        summary.run,
+        summary.cached,
+        remote_hits(summary)
     ));
     out.push_str("| step | kind | action | why |\n|---|---|---|---|\n");
     for step in &summary.steps {
