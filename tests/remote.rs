@@ -125,6 +125,16 @@ impl Builder {
         serde_json::from_str(&run.stdout).expect("plan JSON")
     }
 
+    /// `store verify --remote` finds nothing wrong with what this builder trusts.
+    fn remote_verifies(&self) {
+        let verified = self.vmbuild(&["store", "verify", "--remote"]).success();
+        assert!(
+            verified.stdout.contains(" 0 problems"),
+            "{}",
+            verified.stdout
+        );
+    }
+
     /// The steps that ran since the last call, sorted.
     fn runs(&self) -> Vec<String> {
         let path = self.project.path().join("runs.log");
@@ -280,12 +290,7 @@ fn a_second_builder_with_an_empty_store_runs_nothing_and_fetches_only_what_it_ne
     // The downloaded tree is the same tree, record and all: the local store verifies.
     b.vmbuild(&["store", "verify"]).success();
     // And so does the remote one.
-    let verified = a.vmbuild(&["store", "verify", "--remote"]).success();
-    assert!(
-        verified.stdout.contains("0 problems"),
-        "{}",
-        verified.stdout
-    );
+    a.remote_verifies();
 
     // No credential reached the stores' files either.
     for builder in [&a, &b] {
@@ -347,12 +352,7 @@ fn a_corrupt_remote_object_is_detected_named_and_rebuilt() {
     assert_eq!(b.output_file("step.d", "d"), b"A\nB\nD2\n");
     b.vmbuild(&["store", "verify"]).success();
     // B rebuilt c and replaced the corrupt entry with its own: the remote verifies again.
-    let verified = a.vmbuild(&["store", "verify", "--remote"]).success();
-    assert!(
-        verified.stdout.contains("0 problems"),
-        "{}",
-        verified.stdout
-    );
+    a.remote_verifies();
 }
 
 #[test]
@@ -379,7 +379,7 @@ fn store_verify_remote_finds_and_repairs_a_corrupt_object() {
         .success();
     assert_eq!(objects(&garage, "verify", "trees").len(), 3);
     assert_eq!(objects(&garage, "verify", "actions").len(), 3);
-    a.vmbuild(&["store", "verify", "--remote"]).success();
+    a.remote_verifies();
 }
 
 #[test]
@@ -595,7 +595,7 @@ fn two_builders_building_the_same_keys_at_once_leave_one_consistent_copy() {
         .recipe(&CHAIN.replace("echo D >>", "echo D-third >>"));
     c.vmbuild(&["apply", "site.hcl"]).success();
     assert_eq!(c.runs(), ["d"]);
-    a.vmbuild(&["store", "verify", "--remote"]).success();
+    a.remote_verifies();
 }
 
 #[test]
@@ -625,5 +625,5 @@ fn gc_remote_keeps_what_the_recipes_need_and_nothing_young_goes() {
     let b = Builder::reader(&garage, "gc", &[a.public_key.as_deref().unwrap()]);
     b.project.recipe(&CHAIN.replace("echo D >>", "echo D2 >>"));
     assert!(running(&b.plan()).is_empty());
-    a.vmbuild(&["store", "verify", "--remote"]).success();
+    a.remote_verifies();
 }

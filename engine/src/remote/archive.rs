@@ -20,7 +20,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// The first bytes of every archive; a new framing gets a new magic.
@@ -52,23 +52,11 @@ pub fn pack(root: &Path, out: impl Write) -> io::Result<u64> {
         let path = entry.path();
         let rel = path.strip_prefix(root).unwrap_or(path);
         let meta = fs::symlink_metadata(path)?;
-        let ft = meta.file_type();
-        let tag = if ft.is_file() {
-            b'f'
-        } else if ft.is_dir() {
-            b'd'
-        } else if ft.is_symlink() {
-            b'l'
-        } else if ft.is_char_device() {
-            b'c'
-        } else if ft.is_block_device() {
-            b'b'
-        } else if ft.is_fifo() {
-            b'p'
-        } else {
+        let tag = crate::store::entry_tag(meta.file_type());
+        if !b"fdlcbp".contains(&tag) {
             // Sockets are not content: a step's output holds none worth keeping.
             continue;
-        };
+        }
         out.write_all(&[ENTRY])?;
         put_bytes(&mut out, rel.as_os_str().as_bytes())?;
         out.write_all(&[tag])?;

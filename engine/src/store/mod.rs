@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::hash::Digest;
 
 pub use maintain::kept_keys;
+pub(crate) use tree::entry_tag;
 pub use tree::tree_digest;
 
 /// The layout version this code reads and writes.

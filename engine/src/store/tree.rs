@@ -66,12 +66,9 @@ pub fn tree_digest(path: &Path) -> Result<Digest, StoreError> {
     Ok(hasher.finalize().into())
 }
 
-/// One entry, framed unambiguously: every variable-length field is length-prefixed.
-fn entry_frame(root: &Path, path: &Path) -> Result<Vec<u8>, StoreError> {
-    let rel = path.strip_prefix(root).unwrap_or(path);
-    let meta = fs::symlink_metadata(path).ctx("inspect", path)?;
-    let ft = meta.file_type();
-    let tag = if ft.is_file() {
+/// The one-byte type of a tree entry, as the digest frames it (and the remote archive does).
+pub(crate) fn entry_tag(ft: fs::FileType) -> u8 {
+    if ft.is_file() {
         b'f'
     } else if ft.is_dir() {
         b'd'
@@ -87,7 +84,14 @@ fn entry_frame(root: &Path, path: &Path) -> Result<Vec<u8>, StoreError> {
         b's'
     } else {
         b'?'
-    };
+    }
+}
+
+/// One entry, framed unambiguously: every variable-length field is length-prefixed.
+fn entry_frame(root: &Path, path: &Path) -> Result<Vec<u8>, StoreError> {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let meta = fs::symlink_metadata(path).ctx("inspect", path)?;
+    let tag = entry_tag(meta.file_type());
     let mut frame = Vec::with_capacity(128);
     put_bytes(&mut frame, rel.as_os_str().as_bytes());
     frame.push(tag);
