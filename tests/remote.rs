@@ -520,27 +520,58 @@ step "big" {
 }
 
 #[test]
-fn a_server_that_goes_away_fails_uploads_clearly_and_the_build_still_completes() {
+fn a_server_that_goes_away_mid_apply_fails_uploads_clearly_and_the_build_still_completes() {
+    use std::io::BufRead;
     let Some(mut garage) = Garage::start() else {
         return;
     };
     let a = Builder::new(&garage, "away", "builder-a", &[]);
-    garage.stop();
-    let applied = a.vmbuild(&["apply", "site.hcl"]).success();
+    // a is uploaded while the server is there; it goes away while b runs.
+    a.project
+        .recipe(&CHAIN.replace("echo b >> runs.log;", "echo b >> runs.log; sleep 2;"));
+    let mut child = a
+        .command(&["apply", "site.hcl"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut transcript = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        transcript.push_str(&line);
+        if line.contains("step.a: uploaded") {
+            garage.stop();
+        }
+        line.clear();
+    }
+    assert!(child.wait().unwrap().success(), "{transcript}");
     assert_eq!(a.runs(), ["a", "b", "c", "d"]);
     assert!(
-        applied.stderr.contains("warning: the remote store s3://")
-            && applied.stderr.contains("Apply complete: 4 ran"),
-        "{}",
-        applied.transcript()
+        transcript.contains("step.a: uploaded")
+            && transcript.contains("step.b: upload to the remote store failed")
+            && transcript.contains("warning: the remote store s3://")
+            && transcript.contains("Apply complete: 4 ran"),
+        "{transcript}"
     );
     // Committed locally all the same.
-    let plan = a.plan();
+    let applied = a
+        .vmbuild(&["plan", "site.hcl", "--format", "json"])
+        .success();
+    let plan: serde_json::Value = serde_json::from_str(&applied.stdout).unwrap();
     assert!(running(&plan).is_empty());
-    assert!(remote_cached(&plan).iter().all(|(_, remote)| !remote));
     // Back again: the next apply uploads what is missing.
     garage.restart();
-    a.vmbuild(&["apply", "site.hcl"]).success();
+    let again = a.vmbuild(&["apply", "site.hcl"]).success();
+    assert!(
+        !again.stderr.contains("step.a: uploaded"),
+        "{}",
+        again.stderr
+    );
+    assert!(
+        again.stderr.contains("step.d: uploaded"),
+        "{}",
+        again.stderr
+    );
     assert_eq!(objects(&garage, "away", "actions").len(), 4);
 }
 
