@@ -124,8 +124,13 @@ pub async fn apply(
                     .any(|&d| plan.steps[d].action == Action::Run)
         })
         .collect();
-    let mut pushes: JoinSet<()> = JoinSet::new();
-    let push_slots = Arc::new(tokio::sync::Semaphore::new(PUSHES_AT_ONCE));
+    let mut uploads = Uploads {
+        remote: options.remote.clone().filter(|r| r.pushes()),
+        store: store.clone(),
+        observer: observer.clone(),
+        slots: Arc::new(tokio::sync::Semaphore::new(PUSHES_AT_ONCE)),
+        running: JoinSet::new(),
+    };
     let mut report = ApplyReport::default();
     let mut outputs: HashMap<usize, Digest> = HashMap::new();
     let mut finished: HashSet<usize> = HashSet::new();
@@ -147,17 +152,7 @@ pub async fn apply(
             // the output is only in the remote store and its bytes are needed).
             if let (Some(record), Action::Cached) = (&planned.record, planned.action) {
                 if Some(inputs.key()) == planned.key && !(planned.remote && needs_bytes[i]) {
-                    if !planned.remote {
-                        push(
-                            &options.remote,
-                            store,
-                            &observer,
-                            &push_slots,
-                            &mut pushes,
-                            &planned.id,
-                            record.key,
-                        );
-                    }
+                    uploads.start(&planned.id, record.key);
                     observer.event(&Event::StepCached {
                         id: planned.id.clone(),
                         cutoff: false,
@@ -212,17 +207,7 @@ pub async fn apply(
         let id = plan.steps[i].id.clone();
         match outcome {
             Outcome::Cached(key, digest) | Outcome::Ran(key, digest) => {
-                if store.has_tree(&digest) {
-                    push(
-                        &options.remote,
-                        store,
-                        &observer,
-                        &push_slots,
-                        &mut pushes,
-                        &id,
-                        key,
-                    );
-                }
+                uploads.start(&id, key);
                 report.keys.insert(id.clone(), key);
                 if matches!(outcome, Outcome::Cached(..)) {
                     report.cached.push(id.clone());
@@ -257,9 +242,9 @@ pub async fn apply(
     // Uploads finish before apply returns, unless it was stopped: a stopped upload leaves
     // nothing a reader would trust (its entry is written last).
     if report.cancelled {
-        pushes.abort_all();
+        uploads.running.abort_all();
     }
-    while pushes.join_next().await.is_some() {}
+    while uploads.running.join_next().await.is_some() {}
     for (i, step) in plan.steps.iter().enumerate() {
         if !finished.contains(&i) {
             let because = if report.cancelled {
@@ -277,51 +262,55 @@ pub async fn apply(
     Ok(report)
 }
 
-/// Upload the step with `key` to the remote store in the background, if there is one that
-/// takes uploads and the local store has the step's record.
-fn push(
-    remote: &Option<Arc<Remote>>,
-    store: &Store,
-    observer: &Arc<dyn Observer>,
-    slots: &Arc<tokio::sync::Semaphore>,
-    pushes: &mut JoinSet<()>,
-    id: &str,
-    key: Digest,
-) {
-    let Some(remote) = remote.as_ref().filter(|r| r.pushes()).cloned() else {
-        return;
-    };
-    let Ok(Some(record)) = store.get_action(&key) else {
-        return;
-    };
-    let (store, observer, slots, id) = (
-        store.clone(),
-        observer.clone(),
-        slots.clone(),
-        id.to_string(),
-    );
-    pushes.spawn(async move {
-        let _slot = slots
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let clock = Instant::now();
-        match remote.push(&store, &record).await {
-            Ok(Pushed::Uploaded { bytes }) => observer.event(&Event::StepPushed {
-                id,
-                bytes,
-                duration: clock.elapsed(),
-            }),
-            Ok(Pushed::Already) => {}
-            Err(error) => {
-                remote.note_failure(&error);
-                observer.event(&Event::PushFailed {
+/// The uploads of an apply to the remote store: in the background, a few at a time.
+struct Uploads {
+    /// The remote store, if there is one that takes uploads.
+    remote: Option<Arc<Remote>>,
+    store: Store,
+    observer: Arc<dyn Observer>,
+    slots: Arc<tokio::sync::Semaphore>,
+    running: JoinSet<()>,
+}
+
+impl Uploads {
+    /// Upload the step with `key` if the local store has its record, which it has only with
+    /// its output (a step found only in the remote store has none).
+    fn start(&mut self, id: &str, key: Digest) {
+        let Some(remote) = self.remote.clone() else {
+            return;
+        };
+        let Ok(Some(record)) = self.store.get_action(&key) else {
+            return;
+        };
+        let (store, observer, slots, id) = (
+            self.store.clone(),
+            self.observer.clone(),
+            self.slots.clone(),
+            id.to_string(),
+        );
+        self.running.spawn(async move {
+            let _slot = slots
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let clock = Instant::now();
+            match remote.push(&store, &record).await {
+                Ok(Pushed::Uploaded { bytes }) => observer.event(&Event::StepPushed {
                     id,
-                    error: describe(&error),
-                });
+                    bytes,
+                    duration: clock.elapsed(),
+                }),
+                Ok(Pushed::Already) => {}
+                Err(error) => {
+                    remote.note_failure(&error);
+                    observer.event(&Event::PushFailed {
+                        id,
+                        error: describe(&error),
+                    });
+                }
             }
-        }
-    });
+        });
+    }
 }
 
 /// Mark step `i` done for its dependents; those with nothing left to wait for become ready,
