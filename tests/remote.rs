@@ -6,7 +6,7 @@ use std::process::Command;
 
 use crate::snapshot;
 use crate::support::garage::Garage;
-use crate::support::{running, Project, Run};
+use crate::support::{running, shown_output_folder, Project, Run};
 
 /// a → b → c, and d after c. Each step appends its name to `runs.log` in the project.
 const CHAIN: &str = r#"
@@ -148,13 +148,9 @@ impl Builder {
     /// The file `name` of step `id`'s output in the local store.
     fn output_file(&self, id: &str, name: &str) -> Vec<u8> {
         let shown = self.vmbuild(&["show", id, "-r", "site.hcl"]).success();
-        let folder = shown
-            .stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("output:"))
-            .and_then(|l| l.split('`').nth(1))
+        let folder = shown_output_folder(&shown.stdout)
             .unwrap_or_else(|| panic!("no local output for {id} in:\n{}", shown.stdout));
-        std::fs::read(PathBuf::from(folder).join(name)).expect("an output file")
+        std::fs::read(folder.join(name)).expect("an output file")
     }
 }
 

@@ -137,13 +137,8 @@ impl Project {
     /// The committed output folder of `step` of `site.hcl`, as `vmbuild show` prints it.
     pub fn output_tree(&self, step: &str) -> PathBuf {
         let shown = self.run(&["show", step, "-r", "site.hcl"]).success();
-        let folder = shown
-            .stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("output:"))
-            .and_then(|l| l.split('`').nth(1))
-            .unwrap_or_else(|| panic!("no output folder for {step} in:\n{}", shown.stdout));
-        PathBuf::from(folder)
+        shown_output_folder(&shown.stdout)
+            .unwrap_or_else(|| panic!("no output folder for {step} in:\n{}", shown.stdout))
     }
 
     /// Every file under the store, with its bytes, for leak checks.
@@ -174,6 +169,16 @@ fn walk(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 /// Copy `examples/NAME` into the project, without an `output/` folder a build there left.
+/// The local output folder `vmbuild show` prints for a step (`output: DIGEST (`FOLDER`)`), if
+/// the output is in the local store.
+pub fn shown_output_folder(shown: &str) -> Option<PathBuf> {
+    shown
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("output:"))
+        .and_then(|l| l.split('`').nth(1))
+        .map(PathBuf::from)
+}
+
 pub fn copy_example(project: &Project, name: &str) {
     let from = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("examples")
